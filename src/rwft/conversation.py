@@ -49,7 +49,7 @@ class Conversation:
             return [0.0] * (len(turns) - 1) + [float(self.reward or 0.0)]
         out = [0.0] * len(turns)
         k = -1
-        for i, m in enumerate(self.messages):
+        for m in self.messages:
             if m["role"] == agent_role:
                 k += 1
             if "reward" in m and k >= 0:
