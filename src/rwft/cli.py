@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "validate": ("rwft.validate", "ValidateConfig", "run_validate", "check a dataset and print a summary"),
     "train": ("rwft.training", "TrainConfig", "train", "train a policy on logged conversations"),
     "export": ("rwft.export", "ExportConfig", "run_export", "write Refit as a plain SFT dataset"),
+    "dpo": ("rwft.dpo", "DpoConfig", "run_dpo", "train the DPO / StepDPO baselines (TRL DPOTrainer)"),
 }
 
 
