@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "train": ("rwft.training", "TrainConfig", "train", "train a policy on logged conversations"),
     "export": ("rwft.export", "ExportConfig", "run_export", "write Refit as a plain SFT dataset"),
     "dpo": ("rwft.dpo", "DpoConfig", "run_dpo", "train the DPO / StepDPO baselines (TRL DPOTrainer)"),
+    "collect": ("rwft.collect", "CollectConfig", "run_collect", "run a policy in an environment and log episodes"),
 }
 
 

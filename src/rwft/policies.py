@@ -1,0 +1,231 @@
+"""Policies that write the agent's turns: a Hugging Face causal LM, a scripted agent, an HTTP endpoint.
+
+Every policy answers a batch at once: ``act(episodes, temperatures, seeds)`` returns one text per
+episode. ``seeds[i]`` is derived by the collector from (seed, context, sample, turn), and each policy
+uses it so that an episode's text does not depend on which other episodes share its batch:
+
+- ``HFPolicy``: one left-padded ``generate`` call per batch; sampling is done by a logits processor
+  that draws each row's token from that row's own ``torch.Generator`` (temperature 0 = greedy), so
+  row i gets the same tokens alone or in a batch of 32 (up to float differences from padding).
+- ``ScriptedPolicy``: the environment's rule-based agent with a skill in [0, 1], or ``mixed`` (a
+  skill drawn per episode), seeded by ``random.Random(seed)``.
+- ``OpenAIPolicy``: ``POST {base_url}/chat/completions`` (vLLM, SGLang, llama.cpp server, a hosted
+  API) with the stdlib only; requests of a batch run in threads. The API key is read from the
+  environment variable named by ``api_key_env`` and is never logged, written or put in an error.
+
+``make_policy(spec)``: ``scripted``, ``scripted:0.4``, ``scripted:mixed``, ``http(s)://host/v1``
+(needs ``api_model``), or a preset name / model directory / hub id for ``HFPolicy``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from rwft.envs.base import Environment, Episode, stable_int
+from rwft.errors import RwftError
+
+
+class Policy(Protocol):
+    name: str
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]: ...
+
+
+class ScriptedPolicy:
+    """The environment's scripted agent; ``skill`` None means a skill drawn uniformly per episode."""
+
+    def __init__(self, env: Environment, skill: float | None = 1.0):
+        if skill is not None and not 0.0 <= skill <= 1.0:
+            raise RwftError(f"--policy scripted:{skill}: the skill must lie in [0, 1]")
+        self.env = env
+        self.skill = skill
+        self.name = "scripted:mixed" if skill is None else f"scripted:{skill:g}"
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
+        out = []
+        for ep, seed in zip(episodes, seeds, strict=True):
+            if "_skill" not in ep.state:
+                ep.state["_skill"] = random.Random(seed).random() if self.skill is None else self.skill
+            out.append(self.env.scripted_action(ep, random.Random(seed), ep.state["_skill"]))
+        return out
+
+
+def _row_sampler(temperatures: list[float], seeds: list[int]):
+    """A logits processor that picks each row's next token with that row's own generator."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            self.gens = [torch.Generator().manual_seed(s % (2**63)) for s in seeds]
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            scores = scores.float()
+            chosen = torch.empty(scores.shape[0], dtype=torch.long)
+            for i, (t, g) in enumerate(zip(temperatures, self.gens, strict=True)):
+                if t <= 0:
+                    chosen[i] = int(torch.argmax(scores[i]))
+                else:
+                    probs = torch.softmax(scores[i] / t, dim=-1)
+                    chosen[i] = int(torch.multinomial(probs, 1, generator=g))
+            out = torch.full_like(scores, float("-inf"))
+            out[torch.arange(scores.shape[0]), chosen.to(scores.device)] = 0.0
+            return out
+
+    return RowSampler()
+
+
+class HFPolicy:
+    """A causal LM with a chat template; batched generation with left padding."""
+
+    def __init__(
+        self, model: str, max_new_tokens: int = 64, device: str | None = None, trust_remote_code: bool = False
+    ):
+        import torch
+
+        from rwft.presets import load_model, load_tokenizer
+
+        self.name = model
+        self.tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        self.tok.padding_side = "left"
+        if not getattr(self.tok, "chat_template", None):
+            raise RwftError(f"--policy {model}: the tokenizer has no chat template")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_model(model, trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.generated_tokens = 0
+
+    def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
+                 max_new_tokens: int | None = None) -> list[str]:
+        """The next assistant message for each conversation (only role and content are sent)."""
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        new = max_new_tokens or self.max_new_tokens
+        keep = max(1, self.max_len - new)
+        rows = []
+        for conv in conversations:
+            msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
+            ids = self.tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            rows.append(list(ids)[-keep:])  # keep the end when the context would overflow
+        width = max(len(r) for r in rows)
+        pad = self.tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        config = GenerationConfig(
+            max_new_tokens=new, do_sample=False, pad_token_id=pad, eos_token_id=self.tok.eos_token_id
+        )
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, generation_config=config,
+                logits_processor=LogitsProcessorList([_row_sampler(temperatures, seeds)]),
+            )
+        texts = []
+        for row in out[:, width:].tolist():
+            if self.tok.eos_token_id in row:
+                row = row[: row.index(self.tok.eos_token_id)]
+            row = [t for t in row if t != pad]
+            self.generated_tokens += len(row)
+            texts.append(self.tok.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
+        return self.generate([ep.messages for ep in episodes], temperatures, seeds)
+
+
+class OpenAIPolicy:
+    """An OpenAI-compatible chat-completions endpoint; the key comes only from ``$api_key_env``."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 256,
+                 timeout: float = 120.0, retries: int = 3, workers: int = 8):
+        if not model:
+            raise RwftError(f"--policy {base_url}: an HTTP endpoint needs --api-model (the served model's name)")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.max_new_tokens = max_new_tokens
+        self.timeout = timeout
+        self.retries = retries
+        self.workers = workers
+        self.name = f"{model}@{self.base_url}"
+        self.generated_tokens = 0
+
+    def chat(self, messages: list[dict[str, Any]], temperature: float, seed: int, max_tokens: int | None = None) -> str:
+        body = {
+            "model": self.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": temperature,
+            "seed": seed % (2**31),
+            "max_tokens": max_tokens or self.max_new_tokens,
+        }
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(
+            f"{self.base_url}/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    data = json.loads(resp.read().decode("utf-8"))
+                usage = data.get("usage") or {}
+                self.generated_tokens += int(usage.get("completion_tokens") or 0)
+                return str(data["choices"][0]["message"].get("content") or "")
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code} {e.reason}"
+                if e.code in (400, 401, 403, 404, 422):
+                    break  # the request itself is wrong: retrying will not help
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except (ValueError, KeyError, IndexError, TypeError):
+                last = "a reply that is not a chat completion"
+            if attempt < self.retries:
+                time.sleep(min(8.0, 0.5 * 2**attempt))
+        raise RwftError(f"--policy {self.base_url}: request failed after {self.retries + 1} tries ({last})")
+
+    def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
+                 max_new_tokens: int | None = None) -> list[str]:
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(conversations)))) as pool:
+            futures = [
+                pool.submit(self.chat, c, t, s, max_new_tokens)
+                for c, t, s in zip(conversations, temperatures, seeds, strict=True)
+            ]
+            return [f.result() for f in futures]
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
+        return self.generate([ep.messages for ep in episodes], temperatures, seeds)
+
+
+def make_policy(spec: str, env: Environment | None = None, max_new_tokens: int = 64, api_model: str = "",
+                api_key_env: str = "OPENAI_API_KEY") -> Any:
+    """A policy from its command-line name (see the module docstring)."""
+    if spec == "scripted" or spec.startswith("scripted:"):
+        if env is None:
+            raise RwftError(f"--policy {spec}: a scripted policy needs an environment")
+        arg = spec.partition(":")[2] or "1"
+        if arg == "mixed":
+            return ScriptedPolicy(env, None)
+        try:
+            return ScriptedPolicy(env, float(arg))
+        except ValueError:
+            raise RwftError(f"--policy {spec}: expected scripted, scripted:SKILL (0-1) or scripted:mixed") from None
+    if spec.startswith(("http://", "https://")):
+        return OpenAIPolicy(spec, api_model, api_key_env, max_new_tokens)
+    return HFPolicy(spec, max_new_tokens)
+
+
+def turn_seed(seed: int, context_id: str, sample: int, turn: int, what: str = "policy") -> int:
+    """The seed of one generation: a function of (seed, context, sample, turn) only."""
+    return stable_int(what, seed, context_id, sample, turn)
