@@ -1,0 +1,30 @@
+"""Shared fixtures: a per-session preset cache and small datasets cut from the packaged sample."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "rwft" / "data" / "sample_conversations.jsonl"
+
+# Presets are built once per machine; CI and developers share ~/.cache/rwft unless RWFT_CACHE is set.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def sample_records(n: int | None = None) -> list[dict]:
+    records = [json.loads(line) for line in SAMPLE.open()]
+    return records if n is None else records[:n]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def sample_path() -> Path:
+    return SAMPLE
