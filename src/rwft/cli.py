@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "train": ("rwft.training", "TrainConfig", "train", "train a policy on logged conversations"),
     "export": ("rwft.export", "ExportConfig", "run_export", "write Refit as a plain SFT dataset"),
     "dpo": ("rwft.dpo", "DpoConfig", "run_dpo", "train the DPO / StepDPO baselines (TRL DPOTrainer)"),
+    "eval": ("rwft.evaluate", "EvalConfig", "run_eval", "play a policy in an environment and measure it"),
+    "compare": ("rwft.compare", "CompareConfig", "run_compare", "every objective on one dataset: table, plots, report"),
     "collect": ("rwft.collect", "CollectConfig", "run_collect", "run a policy in an environment and log episodes"),
 }
 
