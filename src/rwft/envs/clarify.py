@@ -1,0 +1,168 @@
+"""``clarify``: an ambiguous request whose user holds a hidden intent (adaptive length).
+
+The user asks an ambiguous question; one of its interpretations is the user's intent (fixed per
+context). The agent either asks a clarifying question (a turn whose text ends with "?") and the user
+reveals the intended interpretation, or answers (any other turn, including an empty one), which ends
+the episode. The answer is right when it contains a gold answer of the intended interpretation
+(normalized) and no answer of another interpretation (so listing every candidate is a hedge and counts
+wrong). Reward: ``correct * gamma ** (agent turns - 1)``; with ``gamma=0.9`` and k interpretations,
+asking first earns 0.9 while a blind guess earns about 1/k, so asking the right question pays.
+A question of fewer than three words gets a fixed "be more specific" reply. After ``max_turns``
+agent turns without an answer the episode ends with reward 0.
+
+Tasks: the AmbigNQ dev questions with 2+ interpretations (real, shipped), or ``procedural``:
+namesakes (``difficulty`` = 2..5 people sharing a name, with facts given in the system message) and a
+fraction ``unambiguous`` of one-person tasks where asking only costs the discount.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from rwft.envs.base import Environment, Episode, Task, normalize, pick, stable_int
+from rwft.envs.mcqa import DATA
+from rwft.errors import RwftError
+
+SYSTEM = (
+    "You are a helpful assistant. If a request is ambiguous, you may first ask one clarifying question "
+    "(ending with '?'). Otherwise answer briefly."
+)
+VAGUE = "Could you be more specific about what you want to know?"
+FIRST = ["Alex", "Sam", "Jordan", "Robin", "Casey", "Taylor", "Morgan", "Jamie", "Avery", "Quinn"]
+LAST = ["Lind", "Okafor", "Marsh", "Ito", "Brandt", "Silva", "Novak", "Reyes", "Kaur", "Dubois"]
+JOBS = ["painter", "chemist", "pilot", "baker", "judge", "sailor", "drummer", "surgeon", "farmer", "poet"]
+CITIES = ["Oslo", "Lima", "Accra", "Hanoi", "Quito", "Perth", "Porto", "Riga", "Cairo", "Dakar"]
+
+
+@lru_cache(maxsize=2)
+def load_ambignq() -> tuple[dict[str, Any], ...]:
+    path = DATA / "ambignq" / "dev.jsonl"
+    return tuple(json.loads(line) for line in path.open(encoding="utf-8") if line.strip())
+
+
+def namesake_item(rng: random.Random, k: int, index: int) -> dict[str, Any]:
+    """k people sharing one name (different jobs, birth years, cities) and a question about one fact."""
+    name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+    jobs = rng.sample(JOBS, k)
+    people = [{"job": j, "year": rng.randint(1900, 2005), "city": rng.choice(CITIES)} for j in jobs]
+    attr = rng.choice(["year", "city"])
+    facts = " ".join(f"{name} the {p['job']} was born in {p['year']} and lives in {p['city']}." for p in people)
+    ask = f"When was {name} born?" if attr == "year" else f"Where does {name} live?"
+    template = "When was {} the {} born?" if attr == "year" else "Where does {} the {} live?"
+    interps = [{"question": template.format(name, p["job"]), "answers": [str(p[attr])]} for p in people]
+    return {"id": f"namesake-{index}", "question": ask, "interpretations": interps, "facts": facts}
+
+
+class ClarifyEnv(Environment):
+    name = "clarify"
+
+    @dataclass
+    class Options:
+        source: str = "ambignq"
+        """ambignq (real AmbigNQ dev questions) or procedural (namesakes, facts in the system message)"""
+        gamma: float = 0.9
+        """reward discount per extra agent turn (adaptive length)"""
+        max_turns: int = 3
+        """agent turns before the episode ends unanswered"""
+        difficulty: int = 2
+        """procedural only: people sharing a name (2-5)"""
+        unambiguous: float = 0.2
+        """procedural only: fraction of tasks with a single person (asking only costs the discount)"""
+
+        def check(self) -> None:
+            if self.source not in ("ambignq", "procedural"):
+                raise RwftError(f"--env-args source={self.source}: expected ambignq or procedural")
+            if not 0 < self.gamma <= 1:
+                raise RwftError(f"--env-args gamma={self.gamma}: expected 0 < gamma <= 1")
+            if self.max_turns < 1:
+                raise RwftError(f"--env-args max_turns={self.max_turns}: expected >= 1")
+            if not 2 <= self.difficulty <= 5:
+                raise RwftError(f"--env-args difficulty={self.difficulty}: expected 2 to 5")
+            if not 0 <= self.unambiguous <= 1:
+                raise RwftError(f"--env-args unambiguous={self.unambiguous}: expected 0 to 1")
+
+    def tasks(self, n: int, seed: int) -> list[Task]:
+        o = self.options
+        if o.source == "ambignq":
+            items = [dict(it) for it in pick(list(load_ambignq()), n, seed, "AmbigNQ dev")]
+        else:
+            items = []
+            for i in range(n):
+                rng = random.Random(stable_int("namesake", seed, o.difficulty, i))
+                k = 1 if rng.random() < o.unambiguous else o.difficulty
+                items.append(dict(namesake_item(rng, k, i), id=f"namesake-d{o.difficulty}-s{seed}-{i}"))
+        for it in items:
+            it["intent"] = stable_int("intent", seed, it["id"]) % len(it["interpretations"])
+        return [Task(f"{o.source}/{it['id']}", it) for it in items]
+
+    def start(self, task: Task) -> Episode:
+        system = SYSTEM + (f"\nFacts: {task.data['facts']}" if task.data.get("facts") else "")
+        first = [{"role": "system", "content": system}, {"role": "user", "content": task.data["question"]}]
+        return Episode(task, first)
+
+    def step(self, ep: Episode, action: str) -> None:
+        text = self.add_agent_message(ep, action).strip()
+        if not text.endswith("?"):
+            ep.state["answer"] = text
+            ep.done = True
+            return
+        ep.state["questions"] = ep.state.get("questions", 0) + 1
+        if ep.agent_turns >= self.options.max_turns:
+            ep.done = True
+            return
+        if len(text.split()) < 3:
+            reply = VAGUE
+        else:
+            reply = "I mean: " + ep.task.data["interpretations"][ep.task.data["intent"]]["question"]
+        ep.messages.append({"role": "user", "content": reply})
+
+    def outcome(self, ep: Episode) -> dict[str, Any]:
+        d = ep.task.data
+        gold = d["interpretations"][d["intent"]]["answers"]
+        answer = ep.state.get("answer")
+        text = normalize(answer or "")
+        hits = [any(normalize(a) and normalize(a) in text for a in it["answers"]) for it in d["interpretations"]]
+        gold_set = {normalize(a) for a in gold}
+        others = [
+            h for i, (h, it) in enumerate(zip(hits, d["interpretations"], strict=True))
+            if i != d["intent"] and not {normalize(a) for a in it["answers"]} <= gold_set
+        ]
+        hedged = hits[d["intent"]] and any(others)
+        correct = answer is not None and hits[d["intent"]] and not hedged
+        discount = self.options.gamma ** max(0, ep.agent_turns - 1)
+        return {
+            "reward": discount if correct else 0.0,
+            "correct": bool(correct),
+            "gold": gold,
+            "intent": d["interpretations"][d["intent"]]["question"],
+            "interpretations": len(d["interpretations"]),
+            "asked": ep.state.get("questions", 0),
+            "answered": answer is not None,
+            "hedged": bool(hedged),
+            "turns": ep.agent_turns,
+            "discount": discount,
+            "question_id": d["id"],
+        }
+
+    def scripted_action(self, ep: Episode, rng: random.Random, skill: float) -> str:
+        d = ep.task.data
+        interps = d["interpretations"]
+        revealed = any(m["role"] == "user" and m["content"].startswith("I mean:") for m in ep.messages)
+        if not revealed and ep.agent_turns + 1 < self.options.max_turns:
+            ambiguous = len(interps) > 1
+            if rng.random() < (skill if ambiguous else 1 - skill):
+                if rng.random() < 0.15 * (1 - skill):
+                    return "Which one?"  # too vague: gets the fixed reply
+                options = " or ".join(it["question"].rstrip("?") for it in interps[:4])
+                return f"Do you mean: {options}?"
+        if revealed or rng.random() < 0.3 * skill:
+            target = d["intent"] if rng.random() < 0.5 + 0.5 * skill else rng.randrange(len(interps))
+        else:
+            target = rng.randrange(len(interps))  # a blind guess
+        if rng.random() < 0.1 * (1 - skill):
+            return "I don't know."
+        return f"The answer is {interps[target]['answers'][0]}."

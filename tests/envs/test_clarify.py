@@ -1,0 +1,86 @@
+import random
+
+import pytest
+
+from rwft.envs import make_env
+from rwft.envs.clarify import VAGUE
+
+
+def fresh(env, seed=0, k=0):
+    return env.start(env.tasks(k + 1, seed)[k])
+
+
+def intent_answer(ep):
+    d = ep.task.data
+    return d["interpretations"][d["intent"]]["answers"][0]
+
+
+def other_answer(ep):
+    d = ep.task.data
+    gold = set(d["interpretations"][d["intent"]]["answers"])
+    return next(a for i, it in enumerate(d["interpretations"]) for a in it["answers"]
+                if i != d["intent"] and a not in gold)
+
+
+@pytest.mark.parametrize("source", ["ambignq", "procedural"])
+def test_asking_reveals_intent_and_answer_is_discounted(source):
+    env = make_env("clarify", [f"source={source}", "unambiguous=0"])
+    ep = fresh(env)
+    env.step(ep, "Which of the possible meanings do you have in mind?")
+    assert not ep.done and ep.messages[-1]["content"].startswith("I mean: ")
+    env.step(ep, f"It is {intent_answer(ep)}.")
+    out = env.outcome(ep)
+    assert ep.done and out["correct"] and out["reward"] == pytest.approx(0.9) and out["asked"] == 1
+
+
+def test_direct_right_answer_pays_one_wrong_or_hedged_pays_zero():
+    env = make_env("clarify", ["source=procedural", "difficulty=3", "unambiguous=0"])
+    ep = fresh(env)
+    env.step(ep, intent_answer(ep))
+    assert env.outcome(ep)["reward"] == 1.0
+    ep = fresh(env)
+    env.step(ep, other_answer(ep))
+    assert env.outcome(ep)["reward"] == 0.0
+    ep = fresh(env)
+    env.step(ep, " or ".join(it["answers"][0] for it in ep.task.data["interpretations"]))
+    assert env.outcome(ep)["hedged"] and env.outcome(ep)["reward"] == 0.0
+
+
+@pytest.mark.parametrize("text", ["", "x" * 50000, "Je ne sais pas.", "Hmm.", "Dunno?", "我不知道"])
+def test_odd_agent_text_has_defined_outcome(text):
+    env = make_env("clarify", ["source=ambignq"])
+    ep = fresh(env, k=3)
+    for _ in range(5):
+        if ep.done:
+            break
+        env.step(ep, text)
+    assert ep.done and ep.agent_turns <= 3
+    out = env.outcome(ep)
+    assert out["reward"] == 0.0 and out["correct"] is False
+    if text == "Dunno?":
+        assert ep.messages[3]["content"] == VAGUE and out["asked"] == 3 and not out["answered"]
+
+
+def test_asking_beats_guessing_for_the_scripted_agent():
+    env = make_env("clarify", ["source=procedural", "difficulty=4", "unambiguous=0"])
+    tasks = env.tasks(80, 0)
+
+    def mean(skill):
+        total = 0.0
+        for k, t in enumerate(tasks):
+            ep = env.start(t)
+            while not ep.done:
+                env.step(ep, env.scripted_action(ep, random.Random(100 * k + ep.agent_turns), skill))
+            total += env.outcome(ep)["reward"]
+        return total / len(tasks)
+
+    assert mean(1.0) > 0.85 and mean(0.0) < 0.5
+
+
+def test_intent_fixed_per_context_and_procedural_facts_in_system_prompt():
+    env = make_env("clarify", ["source=procedural"])
+    a, b = env.tasks(10, 4), env.tasks(10, 4)
+    assert [t.data["intent"] for t in a] == [t.data["intent"] for t in b]
+    ep = env.start(a[0])
+    assert ep.messages[0]["role"] == "system" and "Facts:" in ep.messages[0]["content"]
+    assert any(len(t.data["interpretations"]) > 1 for t in a)
