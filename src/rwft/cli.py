@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "eval": ("rwft.evaluate", "EvalConfig", "run_eval", "play a policy in an environment and measure it"),
     "compare": ("rwft.compare", "CompareConfig", "run_compare", "every objective on one dataset: table, plots, report"),
     "collect": ("rwft.collect", "CollectConfig", "run_collect", "run a policy in an environment and log episodes"),
+    "label": ("rwft.label", "LabelConfig", "run_label", "add or replace rewards on logs with a judge"),
 }
 
 

@@ -93,7 +93,10 @@ class HFPolicy:
         from rwft.presets import load_model, load_tokenizer
 
         self.name = model
-        self.tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        try:
+            self.tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise RwftError(f"--policy {model}: could not load a tokenizer ({e})") from e
         self.tok.padding_side = "left"
         if not getattr(self.tok, "chat_template", None):
             raise RwftError(f"--policy {model}: the tokenizer has no chat template")

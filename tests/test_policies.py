@@ -1,0 +1,86 @@
+import pytest
+
+from rwft.envs import make_env
+from rwft.errors import RwftError
+from rwft.policies import HFPolicy, OpenAIPolicy, make_policy, turn_seed
+
+CONV = [{"role": "user", "content": "What is 2 + 3?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return HFPolicy("tiny", max_new_tokens=8)
+
+
+def test_hf_rows_independent_of_batch_and_seeded(tiny):
+    convs = [CONV, [{"role": "user", "content": "A much longer question about the sun and the moon?"}], CONV]
+    temps, seeds = [1.0, 1.0, 0.0], [11, 12, 13]
+    batch = tiny.generate(convs, temps, seeds)
+    alone = [tiny.generate([c], [t], [s])[0] for c, t, s in zip(convs, temps, seeds, strict=True)]
+    assert batch == alone
+    assert tiny.generate([CONV], [1.0], [11]) != tiny.generate([CONV], [1.0], [99])
+    assert tiny.generate([CONV], [0.0], [1]) == tiny.generate([CONV], [0.0], [2])  # greedy ignores the seed
+    assert tiny.generated_tokens > 0
+
+
+def test_turn_seed_depends_on_each_part():
+    base = turn_seed(0, "c", 0, 0)
+    assert base == turn_seed(0, "c", 0, 0)
+    assert len({base, turn_seed(1, "c", 0, 0), turn_seed(0, "d", 0, 0), turn_seed(0, "c", 1, 0),
+                turn_seed(0, "c", 0, 1)}) == 5
+
+
+def test_make_policy_specs():
+    env = make_env("mcqa")
+    assert make_policy("scripted", env).name == "scripted:1"
+    assert make_policy("scripted:0.25", env).skill == 0.25
+    assert make_policy("scripted:mixed", env).skill is None
+    with pytest.raises(RwftError, match="scripted"):
+        make_policy("scripted:good", env)
+    with pytest.raises(RwftError, match="api-model"):
+        make_policy("http://localhost:1/v1", env)
+    with pytest.raises(RwftError, match="could not load a tokenizer"):
+        make_policy("/nonexistent/model-dir", env)
+
+
+def test_http_policy_sends_key_from_env_only_and_never_leaks_it(monkeypatch):
+    from openai_stub import StubServer
+
+    monkeypatch.setenv("MY_KEY", "sk-secret-123")
+    server = StubServer(lambda msgs, body: f"echo {msgs[-1]['content']} t={body['temperature']}")
+    try:
+        p = OpenAIPolicy(server.url, "m", api_key_env="MY_KEY")
+        out = p.generate([CONV, [{"role": "user", "content": "hi"}]], [0.5, 1.0], [1, 2])
+        assert out == ["echo What is 2 + 3? t=0.5", "echo hi t=1.0"]
+        headers = [h for h, _ in server.requests]
+        assert all(h["Authorization"] == "Bearer sk-secret-123" for h in headers)
+        assert "sk-secret" not in repr(vars(p))
+    finally:
+        server.close()
+    failing = StubServer(lambda m, b: "", status=401)
+    try:
+        p = OpenAIPolicy(failing.url, "m", api_key_env="MY_KEY", retries=1)
+        with pytest.raises(RwftError) as e:
+            p.generate([CONV], [0.0], [0])
+        assert "401" in str(e.value) and "sk-secret" not in str(e.value)
+        assert len(failing.requests) == 1  # a 401 is not retried
+    finally:
+        failing.close()
+
+
+def test_collect_through_http_policy(tmp_path):
+    import json
+
+    from openai_stub import StubServer
+
+    from rwft.collect import CollectConfig, run_collect
+
+    server = StubServer(lambda msgs, body: "The answer is A.")
+    try:
+        run_collect(CollectConfig(env="mcqa", out=str(tmp_path / "o.jsonl"), policy=server.url, api_model="m",
+                                  contexts=3, samples_per_context=2, progress=False))
+    finally:
+        server.close()
+    recs = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(recs) == 6 and all(r["metadata"]["final_answer"] == "A" for r in recs)
+    assert len(server.requests) == 18 and recs[0]["metadata"]["policy"] == f"m@{server.url}"
