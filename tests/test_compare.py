@@ -15,6 +15,8 @@ def fake_stages(monkeypatch, tmp_path):
         calls["train"].append((method, seed))
         if calls["fail"] == (method, seed):
             raise RuntimeError("killed")
+        if method == "swift":
+            raise RwftError("no conversation carries a non-zero weight")
         (cell / "model").mkdir(parents=True, exist_ok=True)
         (cell / "model" / "train_log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0 + seed}) + "\n")
         return str(cell / "model")
@@ -58,3 +60,13 @@ def test_compare_is_resumable(fake_stages, tmp_path):
 def test_unknown_method_is_a_user_error(tmp_path):
     with pytest.raises(RwftError, match="unknown"):
         compare.CompareConfig(output=str(tmp_path), methods=["ppo"])
+
+
+def test_untrainable_method_is_recorded_not_fatal(fake_stages, tmp_path):
+    calls, data = fake_stages
+    cfg = compare.CompareConfig(output=str(tmp_path / "cmp"), data=str(data), methods=["base", "swift"], seeds=[0],
+                                perplexity=False)
+    files = compare.run_compare(cfg)
+    result = json.loads((tmp_path / "cmp" / "cells" / "swift-s0" / "result.json").read_text())
+    assert "non-zero weight" in result["error"] and result["metrics"] == {}
+    assert "| swift | 1 | - |" in open(files["markdown"]).read()

@@ -2,14 +2,15 @@
 
 The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips what is done:
 
-1. ``pi0/`` (when ``--bootstrap-contexts`` > 0): the logging policy pi_0, made by SFT of ``--model`` on
-   scripted conversations of mixed quality (``rwft collect --policy scripted:mixed``), so its rollouts
-   spread in reward. Otherwise pi_0 is ``--model`` itself.
+1. ``pi0/`` (when ``--bootstrap-contexts`` > 0): the logging policy pi_0, made by ``rwft bootstrap`` (SFT of
+   the tiny preset on scripted conversations of mixed quality, so its rollouts spread in reward).
+   Otherwise pi_0 is ``--model`` itself.
 2. ``logs.jsonl`` (unless ``--data`` is given): m samples per context from pi_0 at the listed temperatures.
 3. ``cells/METHOD-sSEED/``: each method trained from pi_0 on the same data with the same epochs, learning
    rate, batch size and length (Base: pi_0 untrained), then evaluated by ``rwft eval`` on fresh tasks drawn
    with evaluation seed ``eval_seed + SEED`` (the same tasks for every method at one seed). A cell is done
-   when its ``result.json`` exists; finished cells are never recomputed (resumable).
+   when its ``result.json`` exists; finished cells are never recomputed (resumable). A method that cannot
+   train on the data (no reward spread for swift, no pairs for DPO) records its error and shows ``-``.
 4. ``report/``: table.md / table.csv (mean ± 95% CI over seeds per metric, training time, peak memory),
    reward.png, training.png, report.html (see ``rwft.report``).
 
@@ -56,7 +57,7 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds: each method is trained and evaluated once per seed."""
     bootstrap_contexts: int = 0
-    """Make pi_0 by SFT of --model on this many contexts x 3 scripted:mixed episodes (0: pi_0 = --model)."""
+    """Make pi_0 with rwft bootstrap from this many scripted contexts x 2 (tiny preset; 0: pi_0 = --model)."""
     bootstrap_epochs: float = 3.0
     """Epochs of that SFT."""
     contexts: int = 40
@@ -133,29 +134,18 @@ def _peak_rss_mb() -> float:
 
 
 def make_pi0(config: CompareConfig, out: Path) -> str:
-    """pi_0's directory (bootstrapped once) or --model itself."""
+    """pi_0's directory, made once by ``rwft bootstrap`` (resumable), or --model itself."""
     if config.bootstrap_contexts <= 0:
         return config.model
-    from rwft.collect import CollectConfig, run_collect
-    from rwft.training import TrainConfig, train
+    from rwft.bootstrap import BootstrapConfig, run_bootstrap
 
-    pi0 = out / "pi0"
-    if (pi0 / "config.json").exists():
-        return str(pi0)
-    scripted = out / "pi0-scripted.jsonl"
-    run_collect(CollectConfig(env=config.env, out=str(scripted), policy="scripted:mixed",
-                              contexts=config.bootstrap_contexts, samples_per_context=3,
-                              seed=config.collect_seed + 7, env_args=list(config.env_args), progress=config.progress))
-    train(TrainConfig(data=str(scripted), output=str(out / "pi0-run"), model=config.model, objective="sft",
-                      epochs=config.bootstrap_epochs, learning_rate=1e-3, batch_size=config.batch_size,
-                      max_length=config.max_length, seed=config.collect_seed, report_to="none", save_steps=10**6))
-    tmp = out / ".pi0-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for f in (out / "pi0-run").iterdir():
-        if f.is_file():
-            shutil.copy2(f, tmp / f.name)
-    os.replace(tmp, pi0)
+    pi0 = out / "pi0" / "train"
+    if not (pi0 / "config.json").exists() or not (out / "pi0" / "bootstrap.json").exists():
+        run_bootstrap(BootstrapConfig(env=config.env, output=str(out / "pi0"), env_args=list(config.env_args),
+                                      contexts=config.bootstrap_contexts, epochs=config.bootstrap_epochs,
+                                      batch_size=config.batch_size, eval_contexts=4, best_of=config.samples_per_context,
+                                      max_new_tokens=config.max_new_tokens, seed=config.collect_seed + 7,
+                                      progress=config.progress))
     return str(pi0)
 
 
@@ -211,8 +201,14 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
         return json.loads(done.read_text())
     shutil.rmtree(cell / "model", ignore_errors=True)  # an interrupted training restarts clean
     cell.mkdir(parents=True, exist_ok=True)
-    with measure() as cost:
-        policy = train_cell(config, method, seed, data, pi0, cell)
+    try:
+        with measure() as cost:
+            policy = train_cell(config, method, seed, data, pi0, cell)
+    except RwftError as e:  # e.g. swift / dpo on logs without reward spread: recorded, not fatal
+        print(f"rwft compare: {method} seed {seed}: {e}", flush=True)
+        result = {"method": method, "seed": seed, "metrics": {}, "error": str(e)}
+        done.write_text(json.dumps(result))
+        return result
     if method == "base":
         cost.update(train_time_s=0.0, peak_memory_mb=0.0)
     ev = eval_cell(config, policy, seed, pi0, cell)
