@@ -140,7 +140,8 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         "policy": config.policy, "env": config.env, "env_args": list(config.env_args), "seeds": list(config.seeds),
         "episodes": len(pooled),
         "metrics": episode_metrics(pooled, ppl, embedder),
-        "per_seed": {str(s): flat(episode_metrics(rs, ppl, embedder)) for s, rs in per_seed.items()},
+        # per seed without perplexity (a second forward pass over every episode; the pooled value is above)
+        "per_seed": {str(s): flat(episode_metrics(rs, None, embedder)) for s, rs in per_seed.items()},
     }
     samples = [r for rs in per_seed.values() for r in rs[: config.samples]]
     (out / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
