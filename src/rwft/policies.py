@@ -52,7 +52,9 @@ class ScriptedPolicy:
         out = []
         for ep, seed in zip(episodes, seeds, strict=True):
             if "_skill" not in ep.state:
-                ep.state["_skill"] = random.Random(seed).random() if self.skill is None else self.skill
+                # an independent stream: the turn's own rng must not repeat the skill draw
+                mixed = random.Random(stable_int("skill", seed)).random()
+                ep.state["_skill"] = mixed if self.skill is None else self.skill
             out.append(self.env.scripted_action(ep, random.Random(seed), ep.state["_skill"]))
         return out
 
