@@ -41,7 +41,8 @@ def main() -> None:
             summary, episodes = run(Path(d) / f"{bs}.jsonl", bs, args)
             rows[name] = (summary, episodes)
             s = summary["seconds"]
-            print(f"{name:>14} (batch {bs:>3}): {len(episodes)} episodes in {s:7.2f} s = {len(episodes) / s:7.2f} ep/s, "
+            n = len(episodes)
+            print(f"{name:>14} (batch {bs:>3}): {n} episodes in {s:7.2f} s = {n / s:7.2f} ep/s, "
                   f"{summary['generated_tokens'] / s:8.1f} generated tokens/s")
     (sb, eb), (s1, e1) = rows["batched"], rows["one at a time"]
     same = sum(a == b for a, b in zip(eb, e1, strict=True))
