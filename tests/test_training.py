@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sample_records, write_jsonl
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from conftest import sample_records, write_jsonl
 from rwft.training import TrainConfig, train
 
 HERE = Path(__file__).parent

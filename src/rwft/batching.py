@@ -84,6 +84,33 @@ def build_sequences(
     return rows, stats
 
 
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Batches of similar length in random order: shuffle, sort each mega-batch of ``mega`` batches by length,
+    cut it into batches, shuffle the batches. The order depends only on (seed, epoch), so a resumed run
+    sees the same batches. transformers' own grouping sorts mega-batches of at most 50 batches and at most
+    a quarter of the data, which leaves a third to half of the slots padding on small datasets."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega: int = 64):
+        self.lengths, self.batch_size, self.seed, self.mega, self.epoch = lengths, batch_size, seed, mega, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.mega * self.batch_size
+        batches = []
+        for start in range(0, len(order), size):
+            mega = sorted(order[start:start + size], key=lambda i: self.lengths[i], reverse=True)
+            batches += [mega[i:i + self.batch_size] for i in range(0, len(mega), self.batch_size)]
+        for k in torch.randperm(len(batches), generator=g).tolist():
+            yield from batches[k]
+
+
 class WeightedCollator:
     """Right-pad a list of sequences: pad id for inputs, -100 for labels, 0 for weights."""
 

@@ -108,8 +108,9 @@ def _trainer_class():
 
         loss_is_scaled_for_ga = True  # weighted_nll divides by the whole optimizer batch's token count
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, group_by_length: bool = True, **kwargs):
             super().__init__(*args, **kwargs)
+            self.group_by_length = group_by_length
             self.model_accepts_loss_kwargs = True  # so the Trainer counts num_items_in_batch for us
             self._stats = _Stats()
 
@@ -122,6 +123,15 @@ def _trainer_class():
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
             self._stats.add(labels, weights, inputs["attention_mask"])
             return (loss, outputs) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            from rwft.batching import LengthGroupedSampler
+
+            rows = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthGroupedSampler([len(r["input_ids"]) for r in rows], self.args.per_device_train_batch_size,
+                                        seed=self.args.seed)
 
         def log(self, logs, start_time=None):
             if "loss" in logs:
@@ -251,7 +261,6 @@ def train(config: TrainConfig, callbacks: list | None = None) -> Path:
         max_grad_norm=config.max_grad_norm,
         bf16=config.bf16,
         gradient_checkpointing=config.gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         remove_unused_columns=False,  # keep token_weights: the pitfall that lost weights elsewhere
         logging_steps=1,
         save_steps=config.save_steps,
@@ -269,6 +278,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> Path:
         train_dataset=rows,
         data_collator=WeightedCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        group_by_length=config.group_by_length,
         callbacks=[_log_callback(out / "train_log.jsonl"), *(callbacks or [])],
     )
     resume = last_checkpoint(out / "checkpoints")
