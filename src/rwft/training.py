@@ -271,7 +271,9 @@ def train(config: TrainConfig, callbacks: list | None = None) -> Path:
         use_cpu=not _has_accelerator(),
     )
     out.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    tmp = out / f".rwft_config.{os.getpid()}.yaml"  # atomic: other processes of a launch may be reading it
+    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    os.replace(tmp, config_path)
     trainer = _trainer_class()(
         model=model,
         args=args,
