@@ -33,11 +33,11 @@ class BootstrapConfig:
     """run directory (default: pi0-ENV)"""
     env_args: list[str] = field(default_factory=list)
     """environment options as key=value (see rwft collect)"""
-    contexts: int = 60
+    contexts: int = 100
     """training contexts played by the scripted agent"""
     samples_per_context: int = 2
     """scripted samples per training context"""
-    epochs: float = 2.0
+    epochs: float = 5.0
     """SFT epochs"""
     learning_rate: float = 2e-3
     """SFT learning rate (high: the tiny preset starts from random weights)"""
