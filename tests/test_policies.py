@@ -72,7 +72,6 @@ def test_collect_through_http_policy(tmp_path):
     import json
 
     from openai_stub import StubServer
-
     from rwft.collect import CollectConfig, run_collect
 
     server = StubServer(lambda msgs, body: "The answer is A.")
