@@ -2,10 +2,13 @@
 
     python bench/train_throughput.py [--model tiny|smollm2-135m] [--steps 30] [--batch-size 8]
 
-All three train on the packaged sample conversations (the same token sequences and agent masks; TRL
+All three train on the packaged sample conversations, every reward floored at 0.05 so that Refit keeps
+every conversation and sees the same batches as SFT (the same token sequences and agent masks; TRL
 receives them pre-tokenized with a ``completion_mask`` on the agent tokens), for the same number of
 steps, in one process.
-The first 5 steps are warm-up and are not timed; the figure is the median seconds per step. Also
+TRL runs in fp32 without gradient checkpointing like rwft (its SFTConfig defaults to bf16 and
+checkpointing, which would measure those, not the trainer). The first 5 steps are warm-up and are not
+timed; the figure is the median seconds per step. Also
 reported: the share of padding in rwft's batches (length grouping) and in TRL's (its default order).
 Targets (issue 2): Refit / SFT <= 1.02, Refit / TRL <= 1.0, rwft padding < 10%.
 """
@@ -23,6 +26,7 @@ import torch
 from transformers import TrainerCallback
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "rwft" / "data" / "sample_conversations.jsonl"
+DATA = Path(tempfile.gettempdir()) / "rwft-bench-train.jsonl"
 WARMUP = 5
 
 
@@ -61,7 +65,7 @@ def run_rwft(objective: str, model: str, steps: int, batch: int, out: Path) -> t
         def on_train_begin(self, args, state, control, **kwargs):
             trainers.append(kwargs)
 
-    cfg = training.TrainConfig(data=str(SAMPLE), output=str(out / objective), model=model, objective=objective,
+    cfg = training.TrainConfig(data=str(DATA), output=str(out / objective), model=model, objective=objective,
                                max_steps=steps, batch_size=batch, learning_rate=1e-5, report_to="none",
                                save_steps=10_000)
     training.train(cfg, callbacks=[timer])
@@ -74,7 +78,7 @@ def rwft_padding(model: str, batch: int) -> float:
     from rwft.presets import load_tokenizer
 
     tok = load_tokenizer(model)
-    convs = load_conversations(SAMPLE)
+    convs = load_conversations(DATA)
     rows, _ = build_sequences(tok, convs, turn_weights(convs, "refit"), 1024, "assistant")
     order = list(LengthGroupedSampler([len(r["input_ids"]) for r in rows], batch, seed=0))
     collate = WeightedCollator(tok.pad_token_id)
@@ -94,7 +98,7 @@ def run_trl(model_name: str, steps: int, batch: int, out: Path) -> tuple[float, 
     from rwft.presets import load_model, load_tokenizer
 
     tok = load_tokenizer(model_name)
-    convs = load_conversations(SAMPLE)
+    convs = load_conversations(DATA)
     rows, _ = build_sequences(tok, convs, turn_weights(convs, "refit"), 1024, "assistant")
     ds = datasets.Dataset.from_list(
         [{"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]} for r in rows]
@@ -102,7 +106,8 @@ def run_trl(model_name: str, steps: int, batch: int, out: Path) -> tuple[float, 
     timer = StepTimer()
     args = SFTConfig(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=batch,
                      learning_rate=1e-5, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True,
-                     completion_only_loss=True, max_length=1024, seed=0)
+                     completion_only_loss=True, max_length=1024, seed=0, bf16=False,
+                     gradient_checkpointing=False)
     trainer = SFTTrainer(model=load_model(model_name), args=args, train_dataset=ds, processing_class=tok,
                          callbacks=[timer])
     trainer.train()
@@ -116,6 +121,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     a = p.parse_args()
     torch.manual_seed(0)
+    records = [json.loads(line) for line in SAMPLE.open()]
+    DATA.write_text("".join(json.dumps({**r, "reward": max(r["reward"], 0.05)}) + "\n" for r in records))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         refit, pad = run_rwft("refit", a.model, a.steps, a.batch_size, out)

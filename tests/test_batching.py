@@ -46,6 +46,15 @@ def test_zero_weight_conversations_are_dropped(sample_path):
     assert stats.kept == len(rows) == 10 and stats.zero_weight == 20
 
 
+def test_length_grouped_batches_stay_aligned_with_a_partial_batch():
+    # 21 items in batches of 4: the partial batch must come last, or every later batch mixes two groups
+    lengths = [10] * 4 + [100] * 4 + [20] * 4 + [200] * 4 + [50] * 5
+    order = list(LengthGroupedSampler(lengths, 4, seed=0))
+    assert sorted(order) == list(range(21))
+    for b in range(0, 20, 4):
+        assert max(lengths[i] for i in order[b:b + 4]) - min(lengths[i] for i in order[b:b + 4]) <= 30
+
+
 def test_length_grouped_order_depends_on_seed_and_epoch_only():
     lengths = [5, 50, 7, 80, 9, 100, 3, 60] * 5
     a, b = LengthGroupedSampler(lengths, 4, seed=1), LengthGroupedSampler(lengths, 4, seed=1)

@@ -102,13 +102,19 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
-        size = self.mega * self.batch_size
-        batches = []
+        size, bs = self.mega * self.batch_size, self.batch_size
+        batches, rest = [], []
         for start in range(0, len(order), size):
             mega = sorted(order[start:start + size], key=lambda i: self.lengths[i], reverse=True)
-            batches += [mega[i:i + self.batch_size] for i in range(0, len(mega), self.batch_size)]
+            cut = len(mega) - len(mega) % bs
+            batches += [mega[i:i + bs] for i in range(0, cut, bs)]
+            rest += mega[cut:]
+        rest.sort(key=lambda i: self.lengths[i], reverse=True)
+        cut = len(rest) - len(rest) % bs
+        batches += [rest[i:i + bs] for i in range(0, cut, bs)]
         for k in torch.randperm(len(batches), generator=g).tolist():
             yield from batches[k]
+        yield from rest[cut:]  # the one partial batch goes last, so the loader's batches stay aligned
 
 
 class WeightedCollator:
