@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import sample_records
-from rwft.cli import main
+from rwft.cli import COMMANDS, main
 
 GOOD = json.dumps(sample_records(1)[0])
 MSGS = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
@@ -92,3 +92,22 @@ def test_real_process_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"rwft train: error: {data}:2: field 'reward': expected a finite number, got null"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("verb", sorted(COMMANDS))
+def test_every_verb_has_help_with_every_field_documented(verb, capsys):
+    import dataclasses
+    import importlib
+
+    from rwft.cli_args import field_docs
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    module, cls_name, _, _ = COMMANDS[verb]
+    cls = getattr(importlib.import_module(module), cls_name)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        assert f"--{f.name.replace('_', '-')}" in out
+        assert docs.get(f.name), f"{cls_name}.{f.name} has no docstring"

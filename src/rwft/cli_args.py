@@ -64,6 +64,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         help_text = docs.get(f.name, "")
         help_text += " (required)" if required else f" (default: {default})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "dest": f.name}
         names = [f"--{f.name.replace('_', '-')}"]
         if tp is bool:

@@ -12,7 +12,12 @@ agent turns without an answer the episode ends with reward 0.
 
 Tasks: the AmbigNQ dev questions with 2+ interpretations (real, shipped), or ``procedural``:
 namesakes (``difficulty`` = 2..5 people sharing a name, with facts given in the system message) and a
-fraction ``unambiguous`` of one-person tasks where asking only costs the discount.
+fraction ``unambiguous`` of one-person tasks where asking only costs the discount, or ``requests``:
+short errands that name ``difficulty`` candidates ("Buy me a ticket. My usual trips: Oslo, Lima,
+Riga.") of which the user means one; after a clarifying question the user states it ("I mean: Buy a
+ticket to Lima.") and the right answer carries it over ("Bought a ticket to Lima."). Nothing needs to
+be known or looked up, so even the tiny preset can learn the winning strategy (ask, then copy the
+stated intent: 0.9) over guessing (1/k); it is the default task of ``rwft compare``'s demo.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ FIRST = ["Alex", "Sam", "Jordan", "Robin", "Casey", "Taylor", "Morgan", "Jamie",
 LAST = ["Lind", "Okafor", "Marsh", "Ito", "Brandt", "Silva", "Novak", "Reyes", "Kaur", "Dubois"]
 JOBS = ["painter", "chemist", "pilot", "baker", "judge", "sailor", "drummer", "surgeon", "farmer", "poet"]
 CITIES = ["Oslo", "Lima", "Accra", "Hanoi", "Quito", "Perth", "Porto", "Riga", "Cairo", "Dakar"]
+# requests: (request, candidates intro, interpretation, answer template, candidate pool)
+ERRANDS = [
+    ("Buy me a ticket.", "My usual trips:", "Buy a ticket to {}.", "Bought a ticket to {}.", CITIES),
+    ("Call my friend.", "My friends:", "Call {}.", "Calling {}.", FIRST),
+    ("Play a song for me.", "My songs:", "Play {}.", "Playing {}.",
+     ["Yellow", "Angie", "Hurt", "Creep", "Roxanne", "Jolene", "Layla", "Imagine", "Vogue", "Help"]),
+]
+ASK_WHICH = "Which one do you mean?"
 
 
 @lru_cache(maxsize=2)
@@ -57,25 +70,37 @@ def namesake_item(rng: random.Random, k: int, index: int) -> dict[str, Any]:
     return {"id": f"namesake-{index}", "question": ask, "interpretations": interps, "facts": facts}
 
 
+def request_item(rng: random.Random, k: int, index: int) -> dict[str, Any]:
+    """An errand with k named candidates (k = 1: unambiguous); the answer names the intended one."""
+    request, intro, interp, reply, pool = rng.choice(ERRANDS)
+    names = rng.sample(pool, k)
+    question = f"{request} {intro} {', '.join(names)}."
+    interps = [{"question": interp.format(n), "answers": [n]} for n in names]
+    return {"id": f"request-{index}", "question": question, "interpretations": interps, "ask": ASK_WHICH,
+            "reply": reply}
+
+
 class ClarifyEnv(Environment):
     name = "clarify"
 
     @dataclass
     class Options:
         source: str = "ambignq"
-        """ambignq (real AmbigNQ dev questions) or procedural (namesakes, facts in the system message)"""
+        """ambignq (real AmbigNQ dev questions), procedural (namesakes, facts in the system message) or requests
+        (errands naming their candidates; the stated intent is copied into the answer)"""
         gamma: float = 0.9
         """reward discount per extra agent turn (adaptive length)"""
         max_turns: int = 3
         """agent turns before the episode ends unanswered"""
         difficulty: int = 2
-        """procedural only: people sharing a name (2-5)"""
+        """procedural / requests: people sharing a name, or candidates of a request (2-5)"""
         unambiguous: float = 0.2
-        """procedural only: fraction of tasks with a single person (asking only costs the discount)"""
+        """procedural / requests: fraction of tasks with a single person / candidate (asking only costs the
+        discount)"""
 
         def check(self) -> None:
-            if self.source not in ("ambignq", "procedural"):
-                raise RwftError(f"--env-args source={self.source}: expected ambignq or procedural")
+            if self.source not in ("ambignq", "procedural", "requests"):
+                raise RwftError(f"--env-args source={self.source}: expected ambignq, procedural or requests")
             if not 0 < self.gamma <= 1:
                 raise RwftError(f"--env-args gamma={self.gamma}: expected 0 < gamma <= 1")
             if self.max_turns < 1:
@@ -91,10 +116,11 @@ class ClarifyEnv(Environment):
             items = [dict(it) for it in pick(list(load_ambignq()), n, seed, "AmbigNQ dev")]
         else:
             items = []
+            kind, make = ("namesake", namesake_item) if o.source == "procedural" else ("request", request_item)
             for i in range(n):
-                rng = random.Random(stable_int("namesake", seed, o.difficulty, i))
+                rng = random.Random(stable_int(kind, seed, o.difficulty, i))
                 k = 1 if rng.random() < o.unambiguous else o.difficulty
-                items.append(dict(namesake_item(rng, k, i), id=f"namesake-d{o.difficulty}-s{seed}-{i}"))
+                items.append(dict(make(rng, k, i), id=f"{kind}-d{o.difficulty}-s{seed}-{i}"))
         for it in items:
             it["intent"] = stable_int("intent", seed, it["id"]) % len(it["interpretations"])
         return [Task(f"{o.source}/{it['id']}", it) for it in items]
@@ -157,6 +183,8 @@ class ClarifyEnv(Environment):
             if rng.random() < (skill if ambiguous else 1 - skill):
                 if rng.random() < 0.15 * (1 - skill):
                     return "Which one?"  # too vague: gets the fixed reply
+                if d.get("ask"):
+                    return d["ask"]
                 options = " or ".join(it["question"].rstrip("?") for it in interps[:4])
                 return f"Do you mean: {options}?"
         if revealed or rng.random() < 0.3 * skill:
@@ -165,4 +193,4 @@ class ClarifyEnv(Environment):
             target = rng.randrange(len(interps))  # a blind guess
         if rng.random() < 0.1 * (1 - skill):
             return "I don't know."
-        return f"The answer is {interps[target]['answers'][0]}."
+        return d.get("reply", "The answer is {}.").format(interps[target]["answers"][0])
