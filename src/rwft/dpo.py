@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
+from rwft import rundir
 from rwft.errors import RwftError
 
 
@@ -114,13 +113,10 @@ def run_dpo(config: DpoConfig, callbacks: list | None = None) -> Path:
 
     from rwft.dataio import write_jsonl_atomic
     from rwft.presets import load_model, load_tokenizer
-    from rwft.training import _has_accelerator, _log_callback, _trim_log, last_checkpoint
 
     out = Path(config.output)
     resolved = dataclasses.asdict(config)
-    config_path = out / "rwft_config.yaml"
-    if config_path.exists() and yaml.safe_load(config_path.read_text()) != resolved:
-        raise RwftError(f"{out}: holds a run with a different config ({config_path}); choose another --output")
+    rundir.check_config(out, resolved)
     set_seed(config.seed)
     pairs, stats = prepare_pairs(config)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
@@ -135,8 +131,7 @@ def run_dpo(config: DpoConfig, callbacks: list | None = None) -> Path:
           f"{stats.contexts} contexts; skipped: {stats.skipped_single_sample} single-sample, "
           f"{stats.skipped_no_gap} no reward gap, {stats.skipped_all_same_side} all on one side, "
           f"{stats.skipped_identical_turns} identical turns")
-    out.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    rundir.write_config(out, resolved)
     write_jsonl_atomic(out / "pairs.jsonl", pairs)
     (out / "pair_stats.json").write_text(json.dumps(stats.as_dict(), indent=1))
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
@@ -159,7 +154,7 @@ def run_dpo(config: DpoConfig, callbacks: list | None = None) -> Path:
         report_to=[] if config.report_to == "none" else [config.report_to],
         seed=config.seed,
         data_seed=config.seed,
-        use_cpu=not _has_accelerator(),
+        use_cpu=not rundir.has_accelerator(),
         dataset_num_proc=None,
     )
     train_set = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
@@ -169,15 +164,11 @@ def run_dpo(config: DpoConfig, callbacks: list | None = None) -> Path:
         train_dataset=train_set,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_log_callback(out / "train_log.jsonl"), *(callbacks or [])],
+        callbacks=[rundir.step_log_callback(out / "train_log.jsonl"), *(callbacks or [])],
     )
-    resume = last_checkpoint(out / "checkpoints")
+    resume = rundir.resume_point(out, trainer.is_world_process_zero())
     if resume is not None:
-        step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
-        _trim_log(out / "train_log.jsonl", step)
         print(f"rwft dpo: resuming from {resume}")
-    else:
-        (out / "train_log.jsonl").unlink(missing_ok=True)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(out)

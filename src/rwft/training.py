@@ -10,15 +10,13 @@ rerunning the same command after a kill resumes from the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
+from rwft import rundir
 from rwft.errors import RwftError
 
 
@@ -175,33 +173,6 @@ class _Stats:
         return out
 
 
-def _log_callback(path: Path):
-    from transformers import TrainerCallback
-
-    class JsonlLog(TrainerCallback):
-        """Append every log line to train_log.jsonl (main process only)."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs:
-                with path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    return JsonlLog()
-
-
-def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint directory (one with trainer_state.json), if any."""
-    done = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines past a checkpoint we resume from, so a resumed log has no duplicated steps."""
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
-
-
 def prepare(config: TrainConfig, tokenizer):
     """Load, check, weight and tokenize the data; raises RwftError before anything is written."""
     from rwft.batching import build_sequences, turn_weights
@@ -228,9 +199,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> Path:
 
     out = Path(config.output)
     resolved = dataclasses.asdict(config)
-    config_path = out / "rwft_config.yaml"
-    if config_path.exists() and yaml.safe_load(config_path.read_text()) != resolved:
-        raise RwftError(f"{out}: holds a run with a different config ({config_path}); choose another --output")
+    rundir.check_config(out, resolved)
 
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
@@ -268,12 +237,9 @@ def train(config: TrainConfig, callbacks: list | None = None) -> Path:
         report_to=[] if config.report_to == "none" else [config.report_to],
         seed=config.seed,
         data_seed=config.seed,
-        use_cpu=not _has_accelerator(),
+        use_cpu=not rundir.has_accelerator(),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".rwft_config.{os.getpid()}.yaml"  # atomic: other processes of a launch may be reading it
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    os.replace(tmp, config_path)
+    rundir.write_config(out, resolved)
     trainer = _trainer_class()(
         model=model,
         args=args,
@@ -281,16 +247,11 @@ def train(config: TrainConfig, callbacks: list | None = None) -> Path:
         data_collator=WeightedCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         group_by_length=config.group_by_length,
-        callbacks=[_log_callback(out / "train_log.jsonl"), *(callbacks or [])],
+        callbacks=[rundir.step_log_callback(out / "train_log.jsonl"), *(callbacks or [])],
     )
-    resume = last_checkpoint(out / "checkpoints")
+    resume = rundir.resume_point(out, trainer.is_world_process_zero())
     if resume is not None:
-        step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
-        if trainer.is_world_process_zero():
-            _trim_log(out / "train_log.jsonl", step)
         print(f"rwft train: resuming from {resume}")
-    elif trainer.is_world_process_zero():
-        (out / "train_log.jsonl").unlink(missing_ok=True)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if config.lora and config.merge_lora:
         trainer.model = trainer.model.merge_and_unload()
@@ -299,9 +260,3 @@ def train(config: TrainConfig, callbacks: list | None = None) -> Path:
         tokenizer.save_pretrained(out)
     print(f"rwft train: wrote {out}")
     return out
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
