@@ -60,6 +60,10 @@ class CompareConfig:
     """Make pi_0 with rwft bootstrap from this many scripted contexts x 2 (tiny preset; 0: pi_0 = --model)."""
     bootstrap_epochs: float = 3.0
     """Epochs of that SFT."""
+    bootstrap_learning_rate: float = 2e-3
+    """Learning rate of that SFT (high: the tiny preset starts from random weights)."""
+    bootstrap_eval_contexts: int = 32
+    """Held-out contexts on which pi_0's mean and best-of-m reward are measured (m = --samples-per-context)."""
     contexts: int = 40
     """Contexts of the collected logs."""
     samples_per_context: int = 3
@@ -143,7 +147,8 @@ def make_pi0(config: CompareConfig, out: Path) -> str:
     if not (pi0 / "config.json").exists() or not (out / "pi0" / "bootstrap.json").exists():
         run_bootstrap(BootstrapConfig(env=config.env, output=str(out / "pi0"), env_args=list(config.env_args),
                                       contexts=config.bootstrap_contexts, epochs=config.bootstrap_epochs,
-                                      batch_size=config.batch_size, eval_contexts=4, best_of=config.samples_per_context,
+                                      learning_rate=config.bootstrap_learning_rate, batch_size=config.batch_size,
+                                      eval_contexts=config.bootstrap_eval_contexts, best_of=config.samples_per_context,
                                       max_new_tokens=config.max_new_tokens, seed=config.collect_seed + 7,
                                       progress=config.progress))
     return str(pi0)
@@ -239,10 +244,17 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
         for method in config.methods:
             print(f"rwft compare: {method} seed {seed}", flush=True)
             results.append(run_cell(config, method, seed, data, pi0, out))
-    keep = ["reward", "correct", "success", "turns", "thinking", "length", "repetition", "distinct_2", "perplexity"]
-    names = [k for k in keep if any(k in r["metrics"] for r in results)]
+    keep = ["reward", "correct", "success", "asked", "turns", "thinking", "length", "repetition", "distinct_2",
+            "perplexity"]
+    names = [k for k in keep if any(r["metrics"].get(k) for r in results)]  # present and not always 0
     title = f"rwft compare: {config.env} {' '.join(config.env_args)}"
     files = write_report(results, out / "report", names, title=title)
     print(files["markdown"].read_text())
+    summary = out / "pi0" / "bootstrap.json"
+    if config.bootstrap_contexts > 0 and summary.exists():
+        p = json.loads(summary.read_text())["pi0"]
+        print(f"rwft compare: pi_0 on {p.get('episodes', 0)} held-out rollouts: mean reward "
+              f"{p.get('mean_reward', float('nan')):.3f}, best-of-{config.samples_per_context} "
+              f"{p.get('best_of_m_reward', float('nan')):.3f}")
     print(f"rwft compare: wrote {out / 'report'} in {time.perf_counter() - t0:.0f} s")
     return {k: str(v) for k, v in files.items()}

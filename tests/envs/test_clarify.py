@@ -84,3 +84,54 @@ def test_intent_fixed_per_context_and_procedural_facts_in_system_prompt():
     ep = env.start(a[0])
     assert ep.messages[0]["role"] == "system" and "Facts:" in ep.messages[0]["content"]
     assert any(len(t.data["interpretations"]) > 1 for t in a)
+
+
+def play(env, task, actions):
+    ep = env.start(task)
+    for a in actions:
+        if ep.done:
+            break
+        env.step(ep, a)
+    return ep, env.outcome(ep)
+
+
+def test_requests_ask_then_confirm_or_name_the_intent():
+    env = make_env("clarify", ["source=requests", "difficulty=3", "unambiguous=0"])
+    task = env.tasks(1, 0)[0]
+    d = task.data
+    intent = d["interpretations"][d["intent"]]["answers"][0]
+    other = next(it["answers"][0] for i, it in enumerate(d["interpretations"]) if i != d["intent"])
+    assert [m["role"] for m in env.start(task).messages] == ["user"]  # no system turn
+    ep, out = play(env, task, ["Which one do you mean?"])
+    assert ep.messages[-1]["content"] == f"I mean: {intent}"
+    for answer, reward in [("Done.", 0.9), (f"Done: {intent}.", 0.9), (f"Done: {other}.", 0.0),
+                           (f"Done: {intent} and {other}.", 0.0), ("I don't know.", 0.0), ("", 0.0)]:
+        assert play(env, task, ["Which one do you mean?", answer])[1]["reward"] == pytest.approx(reward), answer
+    # without asking, "Done." carries out nothing: the intent is unknown; a named guess pays when right
+    assert play(env, task, ["Done."])[1]["reward"] == 0.0
+    assert play(env, task, [f"Done: {intent}."])[1]["reward"] == 1.0
+    assert play(env, task, [f"Done: {other}."])[1]["reward"] == 0.0
+
+
+def test_requests_unambiguous_needs_no_question():
+    env = make_env("clarify", ["source=requests", "unambiguous=1"])
+    task = env.tasks(1, 3)[0]
+    assert len(task.data["interpretations"]) == 1 and " or " not in task.data["question"]
+    assert play(env, task, ["Done."])[1]["reward"] == 1.0
+    assert play(env, task, ["Which one do you mean?", "Done."])[1]["reward"] == pytest.approx(0.9)
+
+
+def test_requests_scripted_mixture_spreads_in_reward():
+    env = make_env("clarify", ["source=requests", "difficulty=3", "unambiguous=0"])
+    tasks = env.tasks(200, 0)
+
+    def mean(skill):
+        total = 0.0
+        for k, t in enumerate(tasks):
+            ep = env.start(t)
+            while not ep.done:
+                env.step(ep, env.scripted_action(ep, random.Random(100 * k + ep.agent_turns), skill))
+            total += env.outcome(ep)["reward"]
+        return total / len(tasks)
+
+    assert mean(1.0) == pytest.approx(0.9) and mean(0.0) < 0.4

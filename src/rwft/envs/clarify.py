@@ -13,11 +13,13 @@ agent turns without an answer the episode ends with reward 0.
 Tasks: the AmbigNQ dev questions with 2+ interpretations (real, shipped), or ``procedural``:
 namesakes (``difficulty`` = 2..5 people sharing a name, with facts given in the system message) and a
 fraction ``unambiguous`` of one-person tasks where asking only costs the discount, or ``requests``:
-short errands that name ``difficulty`` candidates ("Buy me a ticket. My usual trips: Oslo, Lima,
-Riga.") of which the user means one; after a clarifying question the user states it ("I mean: Buy a
-ticket to Lima.") and the right answer carries it over ("Bought a ticket to Lima."). Nothing needs to
-be known or looked up, so even the tiny preset can learn the winning strategy (ask, then copy the
-stated intent: 0.9) over guessing (1/k); it is the default task of ``rwft compare``'s demo.
+short errands that name their candidates ("Buy me a pet: cat or bird or frog.", ``difficulty`` of
+them) of which the user means one; a clarifying question gets "I mean: cat". The answer is right when
+it names the intended candidate and no other ("Done: cat."), or, once the intent is known (stated by
+the user, or a single candidate), when it is a plain "Done." that names none. Guessing pays about 1/k;
+asking, then confirming, pays 0.9: a strategy that even the tiny preset learns in a few minutes of CPU,
+while carrying the word over (a copy) it does not (no progress in 400 steps of a copy-only drill).
+This is the default task of ``rwft compare``'s demo.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ FIRST = ["Alex", "Sam", "Jordan", "Robin", "Casey", "Taylor", "Morgan", "Jamie",
 LAST = ["Lind", "Okafor", "Marsh", "Ito", "Brandt", "Silva", "Novak", "Reyes", "Kaur", "Dubois"]
 JOBS = ["painter", "chemist", "pilot", "baker", "judge", "sailor", "drummer", "surgeon", "farmer", "poet"]
 CITIES = ["Oslo", "Lima", "Accra", "Hanoi", "Quito", "Perth", "Porto", "Riga", "Cairo", "Dakar"]
-# requests: (request, candidates intro, interpretation, answer template, candidate pool)
+# requests: (request, candidates); the candidates are common words (one token each for the tiny preset's
+# tokenizer) and the answer is "Done: X.", so carrying the stated one over is a fixed-offset copy, easy to learn
 ERRANDS = [
-    ("Buy me a ticket.", "My usual trips:", "Buy a ticket to {}.", "Bought a ticket to {}.", CITIES),
-    ("Call my friend.", "My friends:", "Call {}.", "Calling {}.", FIRST),
-    ("Play a song for me.", "My songs:", "Play {}.", "Playing {}.",
-     ["Yellow", "Angie", "Hurt", "Creep", "Roxanne", "Jolene", "Layla", "Imagine", "Vogue", "Help"]),
+    ("Buy me a pet:", ["cat", "dog", "fish", "bird", "horse", "frog"]),
+    ("Plan a trip to the", ["lake", "river", "ocean", "forest", "desert", "farm", "park"]),
+    ("Bring me", ["water", "milk", "apple", "corn", "meat", "eggs"]),
+    ("Build me a box of", ["sand", "rock", "iron", "glass", "wood", "paper"]),
 ]
 ASK_WHICH = "Which one do you mean?"
 
@@ -71,13 +74,13 @@ def namesake_item(rng: random.Random, k: int, index: int) -> dict[str, Any]:
 
 
 def request_item(rng: random.Random, k: int, index: int) -> dict[str, Any]:
-    """An errand with k named candidates (k = 1: unambiguous); the answer names the intended one."""
-    request, intro, interp, reply, pool = rng.choice(ERRANDS)
+    """An errand naming k candidates (k = 1: unambiguous); the answer names the intended one, no system turn."""
+    request, pool = rng.choice(ERRANDS)
     names = rng.sample(pool, k)
-    question = f"{request} {intro} {', '.join(names)}."
-    interps = [{"question": interp.format(n), "answers": [n]} for n in names]
+    question = f"{request} {' or '.join(names)}." if k > 1 else f"{request} {names[0]}."
+    interps = [{"question": n, "answers": [n]} for n in names]
     return {"id": f"request-{index}", "question": question, "interpretations": interps, "ask": ASK_WHICH,
-            "reply": reply}
+            "reply": "Done: {}.", "system": None}
 
 
 class ClarifyEnv(Environment):
@@ -126,8 +129,11 @@ class ClarifyEnv(Environment):
         return [Task(f"{o.source}/{it['id']}", it) for it in items]
 
     def start(self, task: Task) -> Episode:
-        system = SYSTEM + (f"\nFacts: {task.data['facts']}" if task.data.get("facts") else "")
-        first = [{"role": "system", "content": system}, {"role": "user", "content": task.data["question"]}]
+        system = task.data.get("system", SYSTEM)
+        if task.data.get("facts"):
+            system += f"\nFacts: {task.data['facts']}"
+        first = [{"role": "system", "content": system}] if system is not None else []
+        first.append({"role": "user", "content": task.data["question"]})
         return Episode(task, first)
 
     def step(self, ep: Episode, action: str) -> None:
@@ -144,6 +150,7 @@ class ClarifyEnv(Environment):
             reply = VAGUE
         else:
             reply = "I mean: " + ep.task.data["interpretations"][ep.task.data["intent"]]["question"]
+            ep.state["revealed"] = True
         ep.messages.append({"role": "user", "content": reply})
 
     def outcome(self, ep: Episode) -> dict[str, Any]:
@@ -158,7 +165,11 @@ class ClarifyEnv(Environment):
             if i != d["intent"] and not {normalize(a) for a in it["answers"]} <= gold_set
         ]
         hedged = hits[d["intent"]] and any(others)
-        correct = answer is not None and hits[d["intent"]] and not hedged
+        # requests: once the intent is known (stated by the user, or a single candidate), a plain "Done."
+        # that names no candidate carries it out; naming a candidate must name the intended one
+        known = ep.state.get("revealed") or len(d["interpretations"]) == 1
+        confirmed = bool(d.get("ask")) and known and not any(hits) and "done" in text.split()
+        correct = answer is not None and ((hits[d["intent"]] and not hedged) or confirmed)
         discount = self.options.gamma ** max(0, ep.agent_turns - 1)
         return {
             "reward": discount if correct else 0.0,
@@ -187,6 +198,13 @@ class ClarifyEnv(Environment):
                     return d["ask"]
                 options = " or ".join(it["question"].rstrip("?") for it in interps[:4])
                 return f"Do you mean: {options}?"
+        if d.get("ask"):  # requests: confirm or name one; nothing hints at the intent before asking
+            if rng.random() < 0.1 * (1 - skill):
+                return "I don't know."
+            if (revealed or len(interps) == 1) and rng.random() < 0.5:
+                return "Done."
+            target = d["intent"] if revealed or len(interps) == 1 else rng.randrange(len(interps))
+            return d["reply"].format(interps[target]["answers"][0])
         if revealed or rng.random() < 0.3 * skill:
             target = d["intent"] if rng.random() < 0.5 + 0.5 * skill else rng.randrange(len(interps))
         else:
