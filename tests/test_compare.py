@@ -70,3 +70,21 @@ def test_untrainable_method_is_recorded_not_fatal(fake_stages, tmp_path):
     result = json.loads((tmp_path / "cmp" / "cells" / "swift-s0" / "result.json").read_text())
     assert "non-zero weight" in result["error"] and result["metrics"] == {}
     assert "| swift | 1 | - |" in open(files["markdown"]).read()
+
+
+def test_dpo_gets_its_own_learning_rate_and_weighted_batches_are_not_length_grouped(monkeypatch, tmp_path):
+    import rwft.dpo
+    import rwft.training
+
+    seen = {}
+    monkeypatch.setattr(rwft.dpo, "run_dpo", lambda c: seen.setdefault("dpo", c))
+    monkeypatch.setattr(rwft.training, "train", lambda c: seen.setdefault("train", c))
+    cfg = compare.CompareConfig(output=str(tmp_path), learning_rate=2e-3, dpo_learning_rate=2e-4)
+    compare.train_cell(cfg, "stepdpo", 0, "logs.jsonl", "pi0", tmp_path / "c1")
+    compare.train_cell(cfg, "refit", 0, "logs.jsonl", "pi0", tmp_path / "c2")
+    assert seen["dpo"].learning_rate == 2e-4 and seen["dpo"].level == "step"
+    assert seen["train"].learning_rate == 2e-3 and seen["train"].group_by_length is False
+    cfg = compare.CompareConfig(output=str(tmp_path), learning_rate=2e-3)
+    seen.clear()
+    compare.train_cell(cfg, "dpo", 0, "logs.jsonl", "pi0", tmp_path / "c3")
+    assert seen["dpo"].learning_rate == 2e-3  # 0: the shared rate

@@ -53,3 +53,14 @@ def test_training_plot_skipped_without_logs(tmp_path):
     only_base = [r for r in results() if r["method"] == "base"]
     assert report.plot_training(only_base, tmp_path / "t.png") == []
     assert not (tmp_path / "t.png").exists()
+
+
+def test_verdicts_need_non_overlapping_intervals():
+    ci = lambda m, h: {"mean": m, "half": h, "n": 3, "low": m - h, "high": m + h}  # noqa: E731
+    rows = [{"method": "base", "reward": ci(0.3, 0.05)}, {"method": "sft", "reward": ci(0.5, 0.2)},
+            {"method": "dpo", "reward": ci(0.9, 0.01)}, {"method": "refit", "reward": ci(0.6, 0.1)}]
+    lines = report.verdicts(rows)
+    assert lines == ["refit beats base on reward: 0.600 ± 0.100 vs 0.300 ± 0.050",
+                     "refit overlaps sft on reward: 0.600 ± 0.100 vs 0.500 ± 0.200",
+                     "refit loses to dpo on reward: 0.600 ± 0.100 vs 0.900 ± 0.010"]
+    assert report.verdicts(rows, ours=("swift",)) == []

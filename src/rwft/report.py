@@ -77,6 +77,27 @@ def markdown_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
+def verdicts(rows: Sequence[dict[str, Any]], metric: str = "reward", ours: Sequence[str] = ("refit", "swift"),
+             higher_is_better: bool = True) -> list[str]:
+    """One line per (method of ours, other method): whether ours is better on ``metric`` with 95% intervals
+    that do not overlap ("beats"), worse with non-overlapping intervals ("loses to"), or neither ("overlaps")."""
+    by = {r["method"]: r[metric] for r in rows if metric in r and r[metric]["n"]}
+    lines = []
+    for mine in ours:
+        if mine not in by:
+            continue
+        a = by[mine]
+        for other, b in by.items():
+            if other in ours:
+                continue
+            lo_a, hi_a = a["mean"] - a["half"], a["mean"] + a["half"]
+            lo_b, hi_b = b["mean"] - b["half"], b["mean"] + b["half"]
+            better, worse = (lo_a > hi_b, hi_a < lo_b) if higher_is_better else (hi_a < lo_b, lo_a > hi_b)
+            word = "beats" if better else "loses to" if worse else "overlaps"
+            lines.append(f"{mine} {word} {other} on {metric}: {fmt(a)} vs {fmt(b)}")
+    return lines
+
+
 def write_csv(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path) -> None:
     """CSV with mean, lower and upper bound and n per metric and cost."""
     cols = [*metrics, *COST_KEYS]
@@ -188,7 +209,10 @@ def write_report(
     metrics = list(metrics or metric_names(results))
     rows = summarize(results, metrics)
     files = {"markdown": out / "table.md", "csv": out / "table.csv", "html": out / "report.html"}
-    files["markdown"].write_text(markdown_table(rows, metrics), encoding="utf-8")
+    table = markdown_table(rows, metrics)
+    if main_metric in metrics:
+        table += "\n" + "".join(f"- {line}\n" for line in verdicts(rows, main_metric))
+    files["markdown"].write_text(table, encoding="utf-8")
     write_csv(rows, metrics, files["csv"])
     images = []
     if main_metric in metrics:

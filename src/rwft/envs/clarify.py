@@ -201,7 +201,7 @@ class ClarifyEnv(Environment):
         if d.get("ask"):  # requests: confirm or name one; nothing hints at the intent before asking
             if rng.random() < 0.1 * (1 - skill):
                 return "I don't know."
-            if (revealed or len(interps) == 1) and rng.random() < 0.5:
+            if (revealed or len(interps) == 1) and rng.random() < 0.8:
                 return "Done."
             target = d["intent"] if revealed or len(interps) == 1 else rng.randrange(len(interps))
             return d["reply"].format(interps[target]["answers"][0])
