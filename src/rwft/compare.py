@@ -15,6 +15,10 @@ The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips wha
    reward.png, training.png, report.html (see ``rwft.report``).
 
 Methods: base, sft, star-gate (filtered, top-1 per context), refit, swift, dpo (final answer), stepdpo.
+The weighted objectives train on random (not length-grouped) batches by default, so that a conversation's
+weight does not depend on the length of the others in its batch (see ``group_by_length``); DPO / StepDPO
+may get their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
+other method) says whether its reward interval lies above ("beats"), below, or overlaps the other's.
 Training time is the wall time of the training call; peak memory is the peak resident set size of this
 process during it (reset before each cell through /proc/self/clear_refs) on the CPU, or the peak CUDA
 memory allocated on a GPU.
