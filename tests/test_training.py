@@ -134,3 +134,21 @@ def test_other_config_in_same_output_is_refused(tmp_path, sample_path):
     with pytest.raises(RwftError, match="different config"):
         train(TrainConfig(data=str(sample_path), output=str(tmp_path / "r"), max_steps=2, report_to="none"))
     shutil.rmtree(tmp_path / "r")
+
+
+def test_normalizer_counts_conversations_not_the_batch_tokens(tmp_path):
+    """Short and long batches of the same size get the same N, so grouping by length cannot change the
+    relative weight of a conversation (dividing by the batch's tokens would favour short ones)."""
+    from transformers import TrainingArguments
+
+    from rwft.presets import load_model
+    from rwft.training import _trainer_class
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
+    trainer = _trainer_class()(model=load_model("tiny"), args=args, tokens_per_conversation=50.0)
+    short = {"labels": torch.zeros(4, 10, dtype=torch.long)}
+    long = {"labels": torch.zeros(4, 300, dtype=torch.long)}
+    n_short = trainer._get_num_items_in_batch([short], torch.device("cpu"))
+    n_long = trainer._get_num_items_in_batch([long], torch.device("cpu"))
+    assert float(n_short) == float(n_long) == 200.0
+    assert float(trainer._get_num_items_in_batch([short, long], torch.device("cpu"))) == 400.0

@@ -98,7 +98,7 @@ def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
     train(TrainConfig(
         data=str(scripted), output=str(train_dir), model="tiny", objective="sft", epochs=config.epochs,
         learning_rate=config.learning_rate, batch_size=config.batch_size, max_length=config.max_length,
-        seed=config.seed, report_to="none", group_by_length=False,  # see CompareConfig.group_by_length
+        seed=config.seed, report_to="none",
     ))
     t_train = time.time()
     rollouts = out / "rollouts.jsonl"

@@ -15,9 +15,7 @@ The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips wha
    reward.png, training.png, report.html (see ``rwft.report``).
 
 Methods: base, sft, star-gate (filtered, top-1 per context), refit, swift, dpo (final answer), stepdpo.
-The weighted objectives train on random (not length-grouped) batches by default, so that a conversation's
-weight does not depend on the length of the others in its batch (see ``group_by_length``); DPO / StepDPO
-may get their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
+DPO / StepDPO may get their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
 other method) says whether its reward interval lies above ("beats"), below, or overlaps the other's.
 Training time is the wall time of the training call; peak memory is the peak resident set size of this
 process during it (reset before each cell through /proc/self/clear_refs) on the CPU, or the peak CUDA
@@ -87,10 +85,6 @@ class CompareConfig:
     """Batch size (conversations for the weighted objectives, pairs for DPO)."""
     max_length: int = 512
     """Longest training sequence in tokens."""
-    group_by_length: bool = False
-    """Length-grouped batches for the weighted objectives. Off by default: the loss divides by the agent tokens
-    of each batch, so in batches of similar length a short conversation weighs more than a long one (measured:
-    SFT of pi_0 on its own logs halved its rate of asking, a long turn, with grouping, and kept it without)."""
     beta: float = 0.1
     """DPO / StepDPO beta."""
     eval_episodes: int = 40
@@ -195,8 +189,7 @@ def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: st
     else:
         from rwft.training import TrainConfig, train
 
-        train(TrainConfig(output=str(cell / "model"), objective=OBJECTIVE[method],
-                          group_by_length=config.group_by_length, **common))
+        train(TrainConfig(output=str(cell / "model"), objective=OBJECTIVE[method], **common))
     return str(cell / "model")
 
 

@@ -18,12 +18,13 @@ def weighted_nll(
     weight of each token (its trajectory's or turn's weight). Position t is predicted from t - 1.
 
     Normalization: the sum runs over tokens, so a trajectory contributes its *summed* agent
-    log-likelihood times its weight, as in the paper's objective E[r * log pi(tau | x)]. N is the
-    number of agent tokens in the whole optimizer batch (all accumulation steps and processes; the
-    Trainer passes it as ``num_items``), a constant shared by every trajectory of the batch. So the
-    relative weighting is the paper's, sft with w = 1 is exactly the usual token-mean SFT loss (the
-    same learning rates apply), and the gradient does not depend on how a batch is split across
-    accumulation steps or processes. Without ``num_items``, N is this call's agent-token count.
+    log-likelihood times its weight, as in the paper's objective E[r * log pi(tau | x)]. The trainer
+    passes N = (conversations in the whole optimizer batch, over accumulation steps and processes)
+    x (mean agent tokens per conversation in the training set): a constant per conversation, so no
+    trajectory's weight depends on which others share its batch (dividing by the batch's own token
+    count would favour short conversations whenever batches are grouped by length), the loss has the
+    scale of a per-token SFT loss (learning rates carry over), and the gradient is the same however a
+    batch is split. Without ``num_items``, N is this call's agent-token count.
     """
     logits = logits[:, :-1, :].float()
     labels = labels[:, 1:]

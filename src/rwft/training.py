@@ -104,13 +104,24 @@ def _trainer_class():
     class WeightedTrainer(Trainer):
         """Trainer whose loss is ``weighted_nll``; logs weight statistics, agent-token share and speed."""
 
-        loss_is_scaled_for_ga = True  # weighted_nll divides by the whole optimizer batch's token count
+        loss_is_scaled_for_ga = True  # weighted_nll divides by a normalizer for the whole optimizer batch
 
-        def __init__(self, *args, group_by_length: bool = True, **kwargs):
+        def __init__(self, *args, group_by_length: bool = True, tokens_per_conversation: float = 1.0, **kwargs):
             super().__init__(*args, **kwargs)
             self.group_by_length = group_by_length
+            self.tokens_per_conversation = tokens_per_conversation
             self.model_accepts_loss_kwargs = True  # so the Trainer counts num_items_in_batch for us
             self._stats = _Stats()
+
+        def _get_num_items_in_batch(self, batch_samples, device):
+            """N of weighted_nll: conversations in the optimizer batch (all accumulation steps and processes)
+            times the training set's mean agent tokens per conversation."""
+            import torch
+
+            n = torch.tensor([float(sum(b["labels"].shape[0] for b in batch_samples))], device=device)
+            if self.args.world_size > 1 and self.args.average_tokens_across_devices:
+                n = self.accelerator.gather(n)
+            return n.sum() * self.tokens_per_conversation
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weights = inputs.pop("token_weights")
@@ -247,6 +258,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> Path:
         data_collator=WeightedCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         group_by_length=config.group_by_length,
+        tokens_per_conversation=stats.agent_tokens / stats.kept,
         callbacks=[rundir.step_log_callback(out / "train_log.jsonl"), *(callbacks or [])],
     )
     resume = rundir.resume_point(out, trainer.is_world_process_zero())
