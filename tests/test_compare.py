@@ -72,7 +72,7 @@ def test_untrainable_method_is_recorded_not_fatal(fake_stages, tmp_path):
     assert "| swift | 1 | - |" in open(files["markdown"]).read()
 
 
-def test_dpo_gets_its_own_learning_rate(monkeypatch, tmp_path):
+def test_dpo_gets_its_own_learning_rate_and_weighted_batches_are_random_by_default(monkeypatch, tmp_path):
     import rwft.dpo
     import rwft.training
 
@@ -83,7 +83,7 @@ def test_dpo_gets_its_own_learning_rate(monkeypatch, tmp_path):
     compare.train_cell(cfg, "stepdpo", 0, "logs.jsonl", "pi0", tmp_path / "c1")
     compare.train_cell(cfg, "refit", 0, "logs.jsonl", "pi0", tmp_path / "c2")
     assert seen["dpo"].learning_rate == 2e-4 and seen["dpo"].level == "step"
-    assert seen["train"].learning_rate == 2e-3
+    assert seen["train"].learning_rate == 2e-3 and seen["train"].group_by_length is False
     cfg = compare.CompareConfig(output=str(tmp_path), learning_rate=2e-3)
     seen.clear()
     compare.train_cell(cfg, "dpo", 0, "logs.jsonl", "pi0", tmp_path / "c3")
