@@ -88,9 +88,8 @@ class CompareConfig:
     """Longest training sequence in tokens."""
     group_by_length: bool = False
     """Length-grouped batches for the weighted objectives. Off by default: where behaviour sets the length (in
-    the demo, asking makes a longer conversation than guessing), grouped batches each hold one behaviour, and
-    a Swift batch of only negative weights is a pure push-down step (measured on the demo: one of three Swift
-    seeds diverged with grouping; with random batches none did). Grouping cuts padding, not correctness."""
+    the demo, asking makes a longer conversation than guessing), grouped batches each hold one behaviour, so a
+    Swift batch can hold only negative weights, a pure push-down step; random batches mix them."""
     beta: float = 0.1
     """DPO / StepDPO beta."""
     eval_episodes: int = 40
