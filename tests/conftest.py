@@ -20,6 +20,19 @@ def sample_records(n: int | None = None) -> list[dict]:
     return records if n is None else records[:n]
 
 
+def scripted_mean_reward(env, tasks, skill: float, stride: int) -> float:
+    """Mean reward of the env's scripted agent at ``skill``; turn t of task k is seeded by stride * k + t."""
+    import random
+
+    total = 0.0
+    for k, t in enumerate(tasks):
+        ep = env.start(t)
+        while not ep.done:
+            env.step(ep, env.scripted_action(ep, random.Random(stride * k + ep.agent_turns), skill))
+        total += env.outcome(ep)["reward"]
+    return total / len(tasks)
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path

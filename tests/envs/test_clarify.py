@@ -1,7 +1,7 @@
-import random
 
 import pytest
 
+from conftest import scripted_mean_reward
 from rwft.envs import make_env
 from rwft.envs.clarify import VAGUE
 
@@ -66,13 +66,7 @@ def test_asking_beats_guessing_for_the_scripted_agent():
     tasks = env.tasks(80, 0)
 
     def mean(skill):
-        total = 0.0
-        for k, t in enumerate(tasks):
-            ep = env.start(t)
-            while not ep.done:
-                env.step(ep, env.scripted_action(ep, random.Random(100 * k + ep.agent_turns), skill))
-            total += env.outcome(ep)["reward"]
-        return total / len(tasks)
+        return scripted_mean_reward(env, tasks, skill, stride=100)
 
     assert mean(1.0) > 0.85 and mean(0.0) < 0.5
 
@@ -126,12 +120,6 @@ def test_requests_scripted_mixture_spreads_in_reward():
     tasks = env.tasks(200, 0)
 
     def mean(skill):
-        total = 0.0
-        for k, t in enumerate(tasks):
-            ep = env.start(t)
-            while not ep.done:
-                env.step(ep, env.scripted_action(ep, random.Random(100 * k + ep.agent_turns), skill))
-            total += env.outcome(ep)["reward"]
-        return total / len(tasks)
+        return scripted_mean_reward(env, tasks, skill, stride=100)
 
     assert mean(1.0) == pytest.approx(0.9) and mean(0.0) < 0.4

@@ -2,6 +2,7 @@ import random
 
 import pytest
 
+from conftest import scripted_mean_reward
 from rwft.envs import make_env
 from rwft.envs.base import MAX_ACTION_CHARS
 from rwft.envs.mcqa import FINAL, UNCLEAR_OPTION, arithmetic_item, extract_choice
@@ -127,13 +128,7 @@ def test_scripted_skill_orders_reward():
     tasks = env.tasks(60, 0)
 
     def mean_reward(skill):
-        total = 0.0
-        for k, t in enumerate(tasks):
-            ep = env.start(t)
-            while not ep.done:
-                env.step(ep, env.scripted_action(ep, random.Random(k * 10 + ep.agent_turns), skill))
-            total += env.outcome(ep)["reward"]
-        return total / len(tasks)
+        return scripted_mean_reward(env, tasks, skill, stride=10)
 
     assert mean_reward(1.0) == 1.0
     assert mean_reward(0.0) < 0.5

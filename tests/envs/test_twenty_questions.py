@@ -1,7 +1,7 @@
-import random
 
 import pytest
 
+from conftest import scripted_mean_reward
 from rwft.envs import make_env
 from rwft.envs.twenty_questions import ATTRIBUTES, OBJECTS, UNCLEAR, WIN, parse_turn
 
@@ -63,13 +63,7 @@ def test_scripted_skill_orders_reward():
     tasks = env.tasks(40, 0)
 
     def mean(skill):
-        total = 0.0
-        for k, t in enumerate(tasks):
-            ep = env.start(t)
-            while not ep.done:
-                env.step(ep, env.scripted_action(ep, random.Random(1000 * k + ep.agent_turns), skill))
-            total += env.outcome(ep)["reward"]
-        return total / len(tasks)
+        return scripted_mean_reward(env, tasks, skill, stride=1000)
 
     good, bad = mean(1.0), mean(0.0)
     assert -8 <= good and bad < good - 3
