@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rwft.envs.base import Environment, Episode, stable_int
@@ -59,36 +60,75 @@ class ScriptedPolicy:
         return out
 
 
-def _row_sampler(temperatures: list[float], seeds: list[int]):
-    """A logits processor that picks each row's next token with that row's own generator."""
+def _row_sampler(temperatures: list[float], seeds: list[int], width: int, max_new_tokens: int, device: Any):
+    """A logits processor that draws each row's tokens from that row's own seeded uniforms.
+
+    Row i's uniforms ``u[i, 0..max_new_tokens)`` come from ``torch.Generator(seeds[i])``, drawn once up
+    front, and step s picks the token where u[i, s] falls in the row's cumulative distribution (inverse
+    CDF). The result depends on the row's own logits and seed only, and the whole batch is sampled in a
+    few tensor operations (no per-row loop). Temperature 0 is greedy.
+    """
     import torch
     from transformers import LogitsProcessor
 
     class RowSampler(LogitsProcessor):
         def __init__(self) -> None:
-            self.gens = [torch.Generator().manual_seed(s % (2**63)) for s in seeds]
+            t = torch.tensor(temperatures, dtype=torch.float32, device=device)
+            self.greedy = t <= 0
+            self.temp = torch.where(self.greedy, torch.ones_like(t), t)[:, None]
+            self.u = torch.stack([
+                torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s % (2**63)), dtype=torch.float64)
+                for s in seeds
+            ]).to(device)
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            step = input_ids.shape[1] - width
             scores = scores.float()
-            chosen = torch.empty(scores.shape[0], dtype=torch.long)
-            for i, (t, g) in enumerate(zip(temperatures, self.gens, strict=True)):
-                if t <= 0:
-                    chosen[i] = int(torch.argmax(scores[i]))
-                else:
-                    probs = torch.softmax(scores[i] / t, dim=-1)
-                    chosen[i] = int(torch.multinomial(probs, 1, generator=g))
-            out = torch.full_like(scores, float("-inf"))
-            out[torch.arange(scores.shape[0]), chosen.to(scores.device)] = 0.0
-            return out
+            cdf = torch.softmax(scores / self.temp, dim=-1).double().cumsum(-1)
+            u = self.u[:, step : step + 1] * cdf[:, -1:]
+            sampled = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[1] - 1)
+            chosen = torch.where(self.greedy, scores.argmax(-1), sampled)
+            return torch.full_like(scores, float("-inf")).scatter_(1, chosen[:, None], 0.0)
 
     return RowSampler()
 
 
+@dataclass
+class _Session:
+    """The KV cache of the last batch of episodes, kept so that their next turn prefills only new tokens."""
+
+    owners: list[Any]
+    """the episode of each row"""
+    ids: Any
+    """[rows, C] the token in each of the cache's C columns"""
+    mask: Any
+    """[rows, C] 1 where the column belongs to the row's conversation (0: padding or stale)"""
+    cache: Any
+    """a transformers DynamicCache holding the C columns"""
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class HFPolicy:
-    """A causal LM with a chat template; batched generation with left padding."""
+    """A causal LM with a chat template; batched generation with left padding.
+
+    Between the turns of the same episodes (``act``), the KV cache of the previous call is kept: each
+    row's conversation is rendered in full as always, the longest prefix that matches the tokens already
+    in the cache is reused, and only the rest (the environment's reply and the next generation prompt)
+    is prefilled. Stale or padding columns are masked out, and position ids follow the mask, so the
+    tokens and positions the model sees are those of a fresh prefill.
+    """
 
     def __init__(
-        self, model: str, max_new_tokens: int = 64, device: str | None = None, trust_remote_code: bool = False
+        self, model: str, max_new_tokens: int = 64, device: str | None = None, trust_remote_code: bool = False,
+        reuse_cache: bool = True,
     ):
         import torch
 
@@ -106,46 +146,96 @@ class HFPolicy:
         self.model = load_model(model, trust_remote_code=trust_remote_code).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.reuse_cache = reuse_cache
         self.generated_tokens = 0
+        self.prefilled_tokens = 0
+        self._session: _Session | None = None
+
+    def _render(self, conv: list[dict[str, Any]], keep: int) -> list[int]:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
+        ids = self.tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)[-keep:]  # keep the end when the context would overflow
+
+    def _resume(self, owners: list[Any], rows: list[list[int]]) -> tuple[Any, Any, Any, list[list[int]]] | None:
+        """The previous call's cache narrowed to ``owners``' rows, with each row's uncached suffix; or None."""
+        import torch
+
+        from rwft.kv_cache import compact
+
+        s, self._session = self._session, None
+        if s is None:
+            return None
+        index = {id(o): i for i, o in enumerate(s.owners)}
+        pos = [index.get(id(o)) for o in owners]
+        if any(p is None or s.owners[p] is not o for p, o in zip(pos, owners, strict=True)):
+            return None
+        if pos != list(range(len(s.owners))):
+            sel = torch.tensor(pos, device=s.ids.device)
+            s.cache.batch_select_indices(sel)
+            s.ids, s.mask = s.ids[sel], s.mask[sel]
+        mask = s.mask.clone()
+        suffixes = []
+        for r, row in enumerate(rows):
+            cols = mask[r].nonzero().squeeze(1)
+            p = min(common_prefix(s.ids[r, cols].tolist(), row), len(row) - 1)
+            mask[r, cols[p:]] = 0
+            suffixes.append(row[p:])
+        ids, mask = compact(s.cache, s.ids, mask)
+        return ids, mask, s.cache, suffixes
 
     def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
-                 max_new_tokens: int | None = None) -> list[str]:
-        """The next assistant message for each conversation (only role and content are sent)."""
+                 max_new_tokens: int | None = None, owners: list[Any] | None = None) -> list[str]:
+        """The next assistant message for each conversation (only role and content are sent).
+
+        ``owners`` (one object per conversation, e.g. its episode) turns on KV-cache reuse: a later call
+        whose owners are all among this call's continues from this call's cache.
+        """
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
+        from rwft.kv_cache import growing_cache
+
         new = max_new_tokens or self.max_new_tokens
-        keep = max(1, self.max_len - new)
-        rows = []
-        for conv in conversations:
-            msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
-            ids = self.tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            rows.append(list(ids)[-keep:])  # keep the end when the context would overflow
-        width = max(len(r) for r in rows)
+        rows = [self._render(c, max(1, self.max_len - new)) for c in conversations]
+        resumed = self._resume(owners, rows) if owners is not None and self.reuse_cache else None
+        if resumed is None:
+            old_ids = torch.empty((len(rows), 0), dtype=torch.long, device=self.device)
+            old_mask, cache, suffixes = old_ids, growing_cache(self.model.config), rows
+        else:
+            old_ids, old_mask, cache, suffixes = resumed
         pad = self.tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        width = max(len(r) for r in suffixes)
+        self.prefilled_tokens += sum(len(r) for r in suffixes)
+        input_ids = torch.cat([old_ids, torch.tensor(
+            [[pad] * (width - len(r)) + r for r in suffixes], device=self.device)], dim=1)
+        mask = torch.cat([old_mask, torch.tensor(
+            [[0] * (width - len(r)) + [1] * len(r) for r in suffixes], device=self.device)], dim=1)
+        start = input_ids.shape[1]
         config = GenerationConfig(
             max_new_tokens=new, do_sample=False, pad_token_id=pad, eos_token_id=self.tok.eos_token_id
         )
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, generation_config=config,
-                logits_processor=LogitsProcessorList([_row_sampler(temperatures, seeds)]),
+                input_ids=input_ids, attention_mask=mask, generation_config=config, past_key_values=cache,
+                logits_processor=LogitsProcessorList([_row_sampler(temperatures, seeds, start, new, self.device)]),
             )
-        texts = []
-        for row in out[:, width:].tolist():
+        texts, gen_mask = [], torch.zeros_like(out[:, start:])
+        for r, row in enumerate(out[:, start:].tolist()):
             if self.tok.eos_token_id in row:
-                row = row[: row.index(self.tok.eos_token_id)]
-            row = [t for t in row if t != pad]
+                row = row[: row.index(self.tok.eos_token_id) + 1]
+            gen_mask[r, : len(row)] = 1
+            row = [t for t in row if t not in (pad, self.tok.eos_token_id)]
             self.generated_tokens += len(row)
             texts.append(self.tok.decode(row, skip_special_tokens=True).strip())
+        if owners is not None and self.reuse_cache and cache.get_seq_length() == out.shape[1] - 1 \
+                and out.shape[1] < 2 * self.max_len:
+            self._session = _Session(list(owners), out[:, :-1], torch.cat([mask, gen_mask], dim=1)[:, :-1], cache)
         return texts
 
     def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
-        return self.generate([ep.messages for ep in episodes], temperatures, seeds)
+        return self.generate([ep.messages for ep in episodes], temperatures, seeds, owners=episodes)
 
 
 class OpenAIPolicy:
