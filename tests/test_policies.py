@@ -83,3 +83,42 @@ def test_collect_through_http_policy(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(recs) == 6 and all(r["metadata"]["final_answer"] == "A" for r in recs)
     assert len(server.requests) == 18 and recs[0]["metadata"]["policy"] == f"m@{server.url}"
+
+
+@pytest.mark.parametrize("env_name,env_args", [("mcqa", ["source=arithmetic"]), ("twenty-questions", ["horizon=4"])])
+def test_kv_cache_reuse_gives_the_episodes_of_fresh_prefills(env_name, env_args):
+    """Agent texts are stripped and re-tokenized between turns: the reused cache must still give exactly
+    the conversations of full prefills."""
+    from rwft.collect import run_episodes
+
+    env = make_env(env_name, env_args)
+    tasks = [t for t in env.tasks(3, 0) for _ in range(2)]
+    samples, temps = [0, 1] * 3, [1.0, 0.0] * 3
+    runs = {}
+    for reuse in (True, False):
+        policy = HFPolicy("tiny", max_new_tokens=12, reuse_cache=reuse)
+        episodes = run_episodes(env, policy, tasks, samples, temps, seed=0)
+        runs[reuse] = ([ep.messages for ep in episodes], policy.prefilled_tokens)
+    assert runs[True][0] == runs[False][0]
+    assert max(len(m) for m in runs[True][0]) > 3  # several turns were played
+    assert runs[True][1] < runs[False][1]  # and later turns prefilled only their new tokens
+
+
+def test_kv_cache_reuse_with_rows_leaving_reordered_and_edited():
+    """Rows leave, come back in another order, and one agent text is edited (as an environment that
+    truncates it would): each call gives what a fresh prefill gives, and a new owner starts afresh."""
+    fresh, reused = HFPolicy("tiny", max_new_tokens=10, reuse_cache=False), HFPolicy("tiny", max_new_tokens=10)
+    owners = [object() for _ in range(4)]
+    convs = [[{"role": "user", "content": q}] for q in ("2 + 3?", "A long question about the moon and the sun?",
+                                                         "Hi", "Name a colour.")]
+    plan = [([0, 1, 2, 3], {}), ([0, 2, 3], {2: "edited"}), ([3, 0], {}), ([3, 0, 1], {})]
+    for turn, (rows, edits) in enumerate(plan):
+        args = ([convs[r] for r in rows], [1.0] * len(rows), [100 * turn + r for r in rows])
+        before = reused.prefilled_tokens
+        out = reused.generate(*args, owners=[owners[r] for r in rows])
+        assert out == fresh.generate(*args), f"turn {turn}"
+        if turn in (1, 2):
+            assert reused.prefilled_tokens - before < sum(len(reused._render(c, 10**6)) for c in args[0])
+        for r, text in zip(rows, out, strict=True):
+            convs[r] = convs[r] + [{"role": "assistant", "content": edits.get(r, text)},
+                                   {"role": "user", "content": "No." if r % 2 else "Tell me more, please."}]
