@@ -123,3 +123,16 @@ def test_requests_scripted_mixture_spreads_in_reward():
         return scripted_mean_reward(env, tasks, skill, stride=100)
 
     assert mean(1.0) == pytest.approx(0.9) and mean(0.0) < 0.4
+
+
+def test_ambignq_open_book_lists_every_interpretation_with_its_answer():
+    closed, opened = make_env("clarify"), make_env("clarify", ["open_book=true"])
+    task_c, task_o = closed.tasks(3, 5)[2], opened.tasks(3, 5)[2]
+    assert task_c.data["id"] == task_o.data["id"] and task_c.data["intent"] == task_o.data["intent"]
+    assert "Facts:" not in closed.start(task_c).messages[0]["content"]
+    system = opened.start(task_o).messages[0]["content"]
+    for it in task_o.data["interpretations"]:
+        assert it["question"].rstrip("?") in system and it["answers"][0] in system
+    ep = opened.start(task_o)
+    opened.step(ep, intent_answer(ep))  # the reward is unchanged: the intended answer, unhedged
+    assert opened.outcome(ep)["reward"] == 1.0

@@ -10,7 +10,8 @@ asking first earns 0.9 while a blind guess earns about 1/k, so asking the right 
 A question of fewer than three words gets a fixed "be more specific" reply. After ``max_turns``
 agent turns without an answer the episode ends with reward 0.
 
-Tasks: the AmbigNQ dev questions with 2+ interpretations (real, shipped), or ``procedural``:
+Tasks: the AmbigNQ dev questions with 2+ interpretations (real, shipped; ``open_book`` lists each
+interpretation with its answer in the system message, for models that lack the knowledge), or ``procedural``:
 namesakes (``difficulty`` = 2..5 people sharing a name, with facts given in the system message) and a
 fraction ``unambiguous`` of one-person tasks where asking only costs the discount, or ``requests``:
 short errands that name their candidates ("Buy me a pet: cat or bird or frog.", ``difficulty`` of
@@ -100,6 +101,9 @@ class ClarifyEnv(Environment):
         unambiguous: float = 0.2
         """procedural / requests: fraction of tasks with a single person / candidate (asking only costs the
         discount)"""
+        open_book: bool = False
+        """ambignq: list every interpretation with its answer in the system message, so the task is to find
+        out which one the user means, not to recall the answer (for models without the world knowledge)"""
 
         def check(self) -> None:
             if self.source not in ("ambignq", "procedural", "requests"):
@@ -126,6 +130,9 @@ class ClarifyEnv(Environment):
                 items.append(dict(make(rng, k, i), id=f"{kind}-d{o.difficulty}-s{seed}-{i}"))
         for it in items:
             it["intent"] = stable_int("intent", seed, it["id"]) % len(it["interpretations"])
+            if o.source == "ambignq" and o.open_book:
+                it["facts"] = " ".join(f"{i['question'].rstrip('?')}? {i['answers'][0]}."
+                                       for i in it["interpretations"])
         return [Task(f"{o.source}/{it['id']}", it) for it in items]
 
     def start(self, task: Task) -> Episode:
