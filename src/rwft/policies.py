@@ -322,30 +322,6 @@ class OpenAIPolicy:
                 time.sleep(min(8.0, 0.5 * 2**attempt))
         raise RwftError(f"--policy {self.base_url}: request failed after {self.retries + 1} tries ({last})")
 
-    def _shared_prefill(self, rows: list[list[int]]) -> tuple[Any, Any, Any, list[list[int]]] | None:
-        """When rows repeat a prompt (m samples of a context), prefill each distinct prompt once, all but its
-        last token, and give every row its prompt's cache; each row's suffix is then its last token."""
-        import torch
-
-        from rwft.kv_cache import growing_cache
-
-        distinct: dict[tuple[int, ...], int] = {}
-        which = [distinct.setdefault(tuple(r), len(distinct)) for r in rows]
-        if len(distinct) == len(rows) or min(len(r) for r in rows) < 2:
-            return None
-        heads = [list(r[:-1]) for r in distinct]
-        width = max(len(h) for h in heads)
-        ids = torch.tensor([[self.tok.pad_token_id] * (width - len(h)) + h for h in heads], device=self.device)
-        mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads], device=self.device)
-        cache = growing_cache(self.model.config)
-        with torch.no_grad():
-            self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                       past_key_values=cache, logits_to_keep=1)
-        self.prefilled_tokens += sum(len(h) for h in heads)
-        index = torch.tensor(which, device=self.device)
-        cache.batch_select_indices(index)
-        return ids[index], mask[index], cache, [r[-1:] for r in rows]
-
     def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
                  max_new_tokens: int | None = None) -> list[str]:
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(conversations)))) as pool:
