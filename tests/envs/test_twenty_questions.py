@@ -67,3 +67,28 @@ def test_scripted_skill_orders_reward():
 
     good, bad = mean(1.0), mean(0.0)
     assert -8 <= good and bad < good - 3
+
+
+def test_good_play_guesses_the_last_few_candidates_in_turn():
+    """At skill 1 every game is won; the first guess comes once at most GUESS_AT candidates are left,
+    and they are guessed in turn (so a game takes the questions plus at most GUESS_AT guesses)."""
+    import random
+
+    from rwft.envs.base import Task
+    from rwft.envs.twenty_questions import GUESS_AT
+
+    env = make_env("twenty-questions")
+    left_at_first_guess = []
+    for obj in sorted(OBJECTS):
+        ep = env.start(Task(f"t-{obj}", {"object": obj}))
+        while not ep.done:
+            env.step(ep, env.scripted_action(ep, random.Random(ep.agent_turns), 1.0))
+        turns = [parse_turn(m["content"]) for m in ep.messages if m["role"] == "assistant"]
+        asked = [a for k, a in turns if k == "ask"]
+        first_guess = next(i for i, (k, _) in enumerate(turns) if k == "guess")
+        assert all(k == "ask" for k, _ in turns[:first_guess]) and all(k == "guess" for k, _ in turns[first_guess:])
+        cands = [o for o in OBJECTS if all((a in OBJECTS[o]) == (a in OBJECTS[obj]) for a in asked)]
+        assert 1 <= len(cands) <= GUESS_AT and len(turns) - first_guess <= len(cands)
+        assert env.outcome(ep)["won"]
+        left_at_first_guess.append(len(cands))
+    assert max(left_at_first_guess) > 1  # some games guess before a single candidate is left

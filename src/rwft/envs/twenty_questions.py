@@ -10,6 +10,10 @@ The oracle holds a hidden object from an attribute table. Each agent turn is one
 
 Reward -1 per agent turn (also written on each agent message as a per-turn reward), horizon 20: a win
 at turn k scores -k, no win scores -20.
+
+The scripted agent tracks the candidates consistent with the replies. A good turn (probability
+``skill``) asks the question that splits them most evenly, or guesses them in turn once ``GUESS_AT``
+or fewer are left; a poor turn asks a random question, says something unclear or guesses at random.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ START = (
     "at a time, or guess it with 'Is it a ...?'. You have {horizon} turns."
 )
 WIN = "Yes! You guessed it."
+GUESS_AT = 3
+"""The scripted agent's good play guesses the remaining candidates in turn once this few are left."""
 
 # attribute -> (question keywords, the question the scripted agent asks)
 ATTRIBUTES: dict[str, tuple[str, str]] = {
@@ -188,11 +194,15 @@ class TwentyQuestionsEnv(Environment):
                 s["cands"] = [o for o in s["cands"] if o != arg]
         cands = s["cands"] or sorted(OBJECTS)
         r = rng.random()
-        if len(cands) == 1 or (r > skill and rng.random() < 0.25):
-            guess = cands[0] if len(cands) == 1 else rng.choice(cands)
+        good = r <= skill
+        # Good play guesses once few candidates are left: guessing k candidates in turn costs (k + 1) / 2
+        # turns on average, asking first costs more for k <= 3 (k = 3: 2 turns against 7/3). It also keeps
+        # good games short, so a small model imitates them more easily (rwft bootstrap).
+        if len(cands) == 1 or (good and len(cands) <= GUESS_AT) or (not good and rng.random() < 0.25):
+            guess = cands[0] if len(cands) == 1 or good else rng.choice(cands)
             s["last"] = ("guess", guess)
             return f"Is it {article(guess)}?"
-        if r > skill and rng.random() < 0.2:
+        if not good and rng.random() < 0.2:
             s["last"] = None
             return rng.choice(["Hmm, tell me more about it.", "Is it big and alive?", ""])
         unasked = [a for a in ATTRIBUTES if a not in s["asked"]]
@@ -200,7 +210,7 @@ class TwentyQuestionsEnv(Environment):
         if not useful:
             s["last"] = ("guess", cands[0])
             return f"Is it {article(cands[0])}?"
-        if r <= skill:  # the most even split of the remaining candidates
+        if good:  # the most even split of the remaining candidates
             attr = min(useful, key=lambda a: abs(2 * sum(a in OBJECTS[o] for o in cands) - len(cands)))
         else:
             attr = rng.choice(unasked)
