@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "compare": ("rwft.compare", "CompareConfig", "run_compare", "every objective on one dataset: table, plots, report"),
     "collect": ("rwft.collect", "CollectConfig", "run_collect", "run a policy in an environment and log episodes"),
     "label": ("rwft.label", "LabelConfig", "run_label", "add or replace rewards on logs with a judge"),
-    "bootstrap": ("rwft.bootstrap", "BootstrapConfig", "run_bootstrap", "make a behaviour policy pi_0 (tiny preset)"),
+    "bootstrap": ("rwft.bootstrap", "BootstrapConfig", "run_bootstrap", "make pi_0 by SFT on scripted play"),
 }
 
 
