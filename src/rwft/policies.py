@@ -164,6 +164,15 @@ class HFPolicy:
             ids = ids["input_ids"]
         return list(ids)[-keep:]  # keep the end when the context would overflow
 
+    def _left_pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
+        """Token ids and attention mask of ``rows``, left-padded to the longest."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = [[self.tok.pad_token_id] * (width - len(r)) + r for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+        return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
+
     def _resume(self, owners: list[Any], rows: list[list[int]]) -> tuple[Any, Any, Any, list[list[int]]] | None:
         """The previous call's cache narrowed to ``owners``' rows, with each row's uncached suffix; or None."""
         import torch
@@ -173,9 +182,9 @@ class HFPolicy:
         s, self._session = self._session, None
         if s is None:
             return None
-        index = {id(o): i for i, o in enumerate(s.owners)}
+        index = {id(o): i for i, o in enumerate(s.owners)}  # the session holds its owners: ids are not reused
         pos = [index.get(id(o)) for o in owners]
-        if any(p is None or s.owners[p] is not o for p, o in zip(pos, owners, strict=True)):
+        if None in pos:
             return None
         if pos != list(range(len(s.owners))):
             sel = torch.tensor(pos, device=s.ids.device)
@@ -203,9 +212,7 @@ class HFPolicy:
         if len(distinct) == len(rows) or min(len(r) for r in rows) < 2:
             return None
         heads = [list(r[:-1]) for r in distinct]
-        width = max(len(h) for h in heads)
-        ids = torch.tensor([[self.tok.pad_token_id] * (width - len(h)) + h for h in heads], device=self.device)
-        mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads], device=self.device)
+        ids, mask = self._left_pad(heads)
         cache = growing_cache(self.model.config)
         with torch.no_grad():
             self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
@@ -238,12 +245,9 @@ class HFPolicy:
         else:
             old_ids, old_mask, cache, suffixes = resumed
         pad = self.tok.pad_token_id
-        width = max(len(r) for r in suffixes)
         self.prefilled_tokens += sum(len(r) for r in suffixes)
-        input_ids = torch.cat([old_ids, torch.tensor(
-            [[pad] * (width - len(r)) + r for r in suffixes], device=self.device)], dim=1)
-        mask = torch.cat([old_mask, torch.tensor(
-            [[0] * (width - len(r)) + [1] * len(r) for r in suffixes], device=self.device)], dim=1)
+        new_ids, new_mask = self._left_pad(suffixes)
+        input_ids, mask = torch.cat([old_ids, new_ids], dim=1), torch.cat([old_mask, new_mask], dim=1)
         start = input_ids.shape[1]
         config = GenerationConfig(
             max_new_tokens=new, do_sample=False, pad_token_id=pad, eos_token_id=self.tok.eos_token_id
