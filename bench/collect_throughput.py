@@ -18,8 +18,8 @@ from functools import partialmethod
 from pathlib import Path
 from unittest.mock import patch
 
-from rwft.collect import CollectConfig, run_collect
-from rwft.policies import HFPolicy
+from rwft.rollout.collect import CollectConfig, run_collect
+from rwft.rollout.policies import HFPolicy
 
 
 def run(out: Path, batch_size: int, args: argparse.Namespace) -> tuple[dict, list]:

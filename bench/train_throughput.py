@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "rwft" / "data" / "sample_conversations.jsonl"
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "rwft" / "assets" / "sample_conversations.jsonl"
 DATA = Path(tempfile.gettempdir()) / "rwft-bench-train.jsonl"
 WARMUP = 5
 
@@ -56,7 +56,7 @@ def padding_share(trainer) -> float:
 
 
 def run_rwft(objective: str, model: str, steps: int, batch: int, out: Path) -> tuple[float, float]:
-    from rwft import training
+    from rwft.train import weighted as training
 
     timer = StepTimer()
     trainers = []
@@ -73,9 +73,10 @@ def run_rwft(objective: str, model: str, steps: int, batch: int, out: Path) -> t
 
 
 def rwft_padding(model: str, batch: int) -> float:
-    from rwft.batching import LengthGroupedSampler, WeightedCollator, build_sequences, turn_weights
-    from rwft.dataio import load_conversations
+    from rwft.data.dataset import build_sequences, turn_weights
+    from rwft.data.io import load_conversations
     from rwft.presets import load_tokenizer
+    from rwft.train.collate import LengthGroupedSampler, WeightedCollator
 
     tok = load_tokenizer(model)
     convs = load_conversations(DATA)
@@ -93,8 +94,8 @@ def run_trl(model_name: str, steps: int, batch: int, out: Path) -> tuple[float, 
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from rwft.batching import build_sequences, turn_weights
-    from rwft.dataio import load_conversations
+    from rwft.data.dataset import build_sequences, turn_weights
+    from rwft.data.io import load_conversations
     from rwft.presets import load_model, load_tokenizer
 
     tok = load_tokenizer(model_name)

@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "src" / "rwft" / "data"
+DATA = Path(__file__).resolve().parents[1] / "src" / "rwft" / "assets"
 N_CONTEXTS = 60
 SAMPLES = 3
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "rwft" / "data" / "sample_conversations.jsonl"
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "rwft" / "assets" / "sample_conversations.jsonl"
 
 # Presets are built once per machine; CI and developers share ~/.cache/rwft unless RWFT_CACHE is set.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from rwft.training import TrainConfig, train
+from rwft.train.weighted import TrainConfig, train
 
 
 class SaveGrads(TrainerCallback):

@@ -17,14 +17,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Conversation": "rwft.conversation",
-    "load_conversations": "rwft.dataio",
-    "TrainConfig": "rwft.training",
-    "train": "rwft.training",
-    "ValidateConfig": "rwft.validate",
-    "run_validate": "rwft.validate",
-    "ExportConfig": "rwft.export",
-    "run_export": "rwft.export",
+    "Conversation": "rwft.data.conversation",
+    "load_conversations": "rwft.data.io",
+    "TrainConfig": "rwft.train.weighted",
+    "train": "rwft.train.weighted",
+    "ValidateConfig": "rwft.data.validate",
+    "run_validate": "rwft.data.validate",
+    "ExportConfig": "rwft.data.export",
+    "run_export": "rwft.data.export",
     "RwftError": "rwft.errors",
     "load_model": "rwft.presets",
     "load_tokenizer": "rwft.presets",

@@ -14,15 +14,15 @@ from rwft.errors import RwftError
 
 # verb -> (module, config class, run function, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "validate": ("rwft.validate", "ValidateConfig", "run_validate", "check a dataset and print a summary"),
-    "train": ("rwft.training", "TrainConfig", "train", "train a policy on logged conversations"),
-    "export": ("rwft.export", "ExportConfig", "run_export", "write Refit as a plain SFT dataset"),
-    "dpo": ("rwft.dpo", "DpoConfig", "run_dpo", "train the DPO / StepDPO baselines (TRL DPOTrainer)"),
-    "eval": ("rwft.evaluate", "EvalConfig", "run_eval", "play a policy in an environment and measure it"),
-    "compare": ("rwft.compare", "CompareConfig", "run_compare", "every objective on one dataset: table, plots, report"),
-    "collect": ("rwft.collect", "CollectConfig", "run_collect", "run a policy in an environment and log episodes"),
-    "label": ("rwft.label", "LabelConfig", "run_label", "add or replace rewards on logs with a judge"),
-    "bootstrap": ("rwft.bootstrap", "BootstrapConfig", "run_bootstrap", "make pi_0 by SFT on scripted play"),
+    "validate": ("rwft.data.validate", "ValidateConfig", "run_validate", "check a dataset and print a summary"),
+    "train": ("rwft.train.weighted", "TrainConfig", "train", "train a policy on logged conversations"),
+    "export": ("rwft.data.export", "ExportConfig", "run_export", "write Refit as a plain SFT dataset"),
+    "dpo": ("rwft.train.dpo", "DpoConfig", "run_dpo", "train the DPO / StepDPO baselines (TRL DPOTrainer)"),
+    "eval": ("rwft.eval.evaluate", "EvalConfig", "run_eval", "play a policy in an environment and measure it"),
+    "compare": ("rwft.recipes.compare", "CompareConfig", "run_compare", "objectives x seeds: table, plots, report"),
+    "collect": ("rwft.rollout.collect", "CollectConfig", "run_collect", "run a policy in an environment, log episodes"),
+    "label": ("rwft.rollout.label", "LabelConfig", "run_label", "add or replace rewards on logs with a judge"),
+    "bootstrap": ("rwft.recipes.bootstrap", "BootstrapConfig", "run_bootstrap", "make pi_0 by SFT on scripted play"),
 }
 
 

@@ -94,7 +94,7 @@ def _cached(name: str, build) -> Path:
 
 
 def _tiny_corpus() -> list[str]:
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).parent / "assets"
     texts = []
     for split in ("train", "test"):
         for line in (data / "openbookqa" / f"{split}.jsonl").open(encoding="utf-8"):

@@ -1,0 +1,1 @@
+"""Logged conversations: reading, checking, encoding to tokens, pairs, validation, export."""

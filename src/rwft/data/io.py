@@ -1,0 +1,138 @@
+"""Read logged conversations from JSONL, Parquet or a ``datasets`` directory; write JSONL safely.
+
+Errors name the file and line (or row) and what was expected. Writers append whole lines only and
+fsync them, so a killed job leaves no torn line and a rerun can resume after the last full record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rwft.data.conversation import Conversation, parse_conversation
+from rwft.errors import RwftError
+
+
+def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, record)`` for each record: ``file:line`` for JSONL, ``file:row`` otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise RwftError(f"{p}: no such file or directory")
+    if p.is_dir():
+        yield from _read_dataset_dir(p)
+    elif p.suffix == ".parquet":
+        yield from _read_parquet(p)
+    else:
+        yield from _read_jsonl(p)
+
+
+def _read_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"{p}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RwftError(f"{where}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RwftError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if isinstance(obj, list):
+                raise RwftError(
+                    f"{where}: found a JSON array; a .jsonl file holds one JSON object (conversation) per line"
+                )
+            yield where, obj
+
+
+def _read_parquet(p: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(p)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise RwftError(f"{p}: not a readable Parquet file ({e})") from None
+    for n, row in enumerate(table.to_pylist()):
+        yield f"{p}:row {n}", row
+
+
+def _read_dataset_dir(p: Path) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as e:
+        raise RwftError(f"{p}: not a dataset saved with save_to_disk ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise RwftError(f"{p}: a DatasetDict without a 'train' split (has {list(ds)})")
+        ds = ds["train"]
+    for n, row in enumerate(ds):
+        yield f"{p}:row {n}", row
+
+
+def load_conversations(
+    path: str | Path, agent_role: str = "assistant", require_reward: bool = True
+) -> list[Conversation]:
+    """Read and check every conversation of a file; raise RwftError at the first bad record."""
+    out = [
+        parse_conversation(obj, where, i, agent_role, require_reward)
+        for i, (where, obj) in enumerate(read_records(path))
+    ]
+    if not out:
+        raise RwftError(f"{path}: no conversations (the file is empty)")
+    return out
+
+
+def count_complete_lines(path: str | Path) -> int:
+    """Number of whole (newline-terminated) lines; a torn last line from a killed writer is cut off."""
+    p = Path(path)
+    if not p.exists():
+        return 0
+    data = p.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with p.open("r+b") as f:
+            f.truncate(end)
+    return data[:end].count(b"\n")
+
+
+class JsonlAppender:
+    """Append records as whole lines, flushed and fsynced, so a kill never leaves a torn line."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        count_complete_lines(self.path)
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        self._f.write(text)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write a whole file through a temporary name, so readers never see half of it."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, p)

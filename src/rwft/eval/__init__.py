@@ -1,0 +1,1 @@
+"""Evaluation of a policy: metrics, intervals and reports."""

@@ -1,0 +1,1 @@
+"""Whole pipelines built from the stages: bootstrap, compare."""

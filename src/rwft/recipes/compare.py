@@ -1,0 +1,278 @@
+"""``rwft compare``: every objective on one logged dataset, several seeds, one table.
+
+The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips what is done:
+
+1. ``pi0/`` (when ``--bootstrap-contexts`` > 0): the logging policy pi_0, made by ``rwft bootstrap`` (SFT of
+   the tiny preset on scripted conversations of mixed quality, so its rollouts spread in reward).
+   Otherwise pi_0 is ``--model`` itself.
+2. ``logs.jsonl`` (unless ``--data`` is given): m samples per context from pi_0 at the listed temperatures.
+3. ``cells/METHOD-sSEED/``: each method trained from pi_0 on the same data with the same epochs, learning
+   rate, batch size and length (Base: pi_0 untrained), then evaluated by ``rwft eval`` on fresh tasks drawn
+   with evaluation seed ``eval_seed + SEED`` (the same tasks for every method at one seed). A cell is done
+   when its ``result.json`` exists; finished cells are never recomputed (resumable). A method that cannot
+   train on the data (no reward spread for swift, no pairs for DPO) records its error and shows ``-``.
+4. ``report/``: table.md / table.csv (mean ± 95% CI over seeds per metric, training time, peak memory),
+   reward.png, training.png, report.html (see ``rwft.eval.report``).
+
+Methods: base, sft, star-gate (filtered, top-1 per context), refit, swift, dpo (final answer), stepdpo.
+The weighted objectives train on random batches by default (``group_by_length``); DPO / StepDPO may get
+their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
+other method) says whether its reward interval lies above ("beats"), below, or overlaps the other's.
+Training time is the wall time of the training call; peak memory is the peak resident set size of this
+process during it (reset before each cell through /proc/self/clear_refs) on the CPU, or the peak CUDA
+memory allocated on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rwft.errors import RwftError
+
+METHODS = ("base", "sft", "star-gate", "dpo", "stepdpo", "refit", "swift")
+OBJECTIVE = {"sft": "sft", "star-gate": "filtered", "refit": "refit", "swift": "swift"}
+DPO_LEVEL = {"dpo": "final", "stepdpo": "step"}
+
+
+@dataclass
+class CompareConfig:
+    """Options of ``rwft compare``."""
+
+    output: str
+    """Directory of the whole comparison (pi0, logs, one directory per cell, the report)."""
+    env: str = "mcqa"
+    """Environment used to collect the logs (when --data is not given) and to evaluate every method."""
+    env_args: list[str] = field(default_factory=lambda: ["source=arithmetic", "difficulty=1"])
+    """Environment options as key=value, for collection and evaluation."""
+    model: str = "tiny"
+    """The base model: a preset, a directory or a hub id (pi_0 itself unless --bootstrap-contexts > 0)."""
+    data: str = ""
+    """Logged conversations to train on; empty: collect them from pi_0 into OUTPUT/logs.jsonl."""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """Methods to compare: base, sft, star-gate, dpo, stepdpo, refit, swift."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds: each method is trained and evaluated once per seed."""
+    bootstrap_contexts: int = 0
+    """Make pi_0 with rwft bootstrap from this many scripted contexts x 2 (tiny preset; 0: pi_0 = --model)."""
+    bootstrap_epochs: float = 3.0
+    """Epochs of that SFT."""
+    bootstrap_learning_rate: float = 2e-3
+    """Learning rate of that SFT (high: the tiny preset starts from random weights)."""
+    bootstrap_eval_contexts: int = 32
+    """Held-out contexts on which pi_0's mean and best-of-m reward are measured (m = --samples-per-context)."""
+    contexts: int = 40
+    """Contexts of the collected logs."""
+    samples_per_context: int = 3
+    """Samples m per context (the paper: 3, at different temperatures)."""
+    temperatures: list[float] = field(default_factory=lambda: [0.6, 0.9, 1.2])
+    """Sampling temperatures of the logs."""
+    collect_seed: int = 0
+    """Seed of the logged tasks and their generation."""
+    epochs: float = 2.0
+    """Training epochs, the same budget for every method."""
+    learning_rate: float = 3e-4
+    """Learning rate of every method."""
+    dpo_learning_rate: float = 0.0
+    """Learning rate of DPO and StepDPO (0: --learning-rate). DPO diverges at rates that suit weighted SFT of the
+    tiny preset (measured on the demo: 2e-3 left it answering nothing), so the demo gives it its own."""
+    batch_size: int = 8
+    """Batch size (conversations for the weighted objectives, pairs for DPO)."""
+    max_length: int = 512
+    """Longest training sequence in tokens."""
+    group_by_length: bool = False
+    """Length-grouped batches for the weighted objectives. Off by default: where behaviour sets the length (in
+    the demo, asking makes a longer conversation than guessing), grouped batches each hold one behaviour, so a
+    Swift batch can hold only negative weights, a pure push-down step; random batches mix them."""
+    beta: float = 0.1
+    """DPO / StepDPO beta."""
+    eval_episodes: int = 40
+    """Evaluation tasks per seed."""
+    eval_seed: int = 1000
+    """Evaluation seed of cell seed s is eval_seed + s (fresh tasks, unseen in training for procedural envs)."""
+    eval_env_args: list[str] = field(default_factory=list)
+    """Extra environment options for evaluation only (e.g. split=test); appended to --env-args."""
+    eval_temperature: float = 0.7
+    """Sampling temperature at evaluation."""
+    max_new_tokens: int = 48
+    """Tokens generated per agent turn (collection and evaluation)."""
+    perplexity: bool = True
+    """Report the perplexity of each method's agent text under pi_0."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default, one per core). On a busy machine 1 is often much faster."""
+    progress: bool = False
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise RwftError(f"--methods: unknown {bad}; known: {', '.join(METHODS)}")
+        if not self.seeds:
+            raise RwftError("--seeds: give at least one seed")
+
+
+@contextmanager
+def measure():
+    """Yield a dict that gets ``train_time_s`` and ``peak_memory_mb`` of the block."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) on Linux
+        except OSError:
+            pass
+    box: dict[str, float] = {}
+    t0 = time.perf_counter()
+    yield box
+    box["train_time_s"] = time.perf_counter() - t0
+    box["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_pi0(config: CompareConfig, out: Path) -> str:
+    """pi_0's directory, made once by ``rwft bootstrap`` (resumable), or --model itself."""
+    if config.bootstrap_contexts <= 0:
+        return config.model
+    from rwft.recipes.bootstrap import BootstrapConfig, run_bootstrap
+
+    pi0 = out / "pi0" / "train"
+    if not (pi0 / "config.json").exists() or not (out / "pi0" / "bootstrap.json").exists():
+        run_bootstrap(BootstrapConfig(env=config.env, output=str(out / "pi0"), env_args=list(config.env_args),
+                                      contexts=config.bootstrap_contexts, epochs=config.bootstrap_epochs,
+                                      learning_rate=config.bootstrap_learning_rate, batch_size=config.batch_size,
+                                      eval_contexts=config.bootstrap_eval_contexts, best_of=config.samples_per_context,
+                                      max_new_tokens=config.max_new_tokens, seed=config.collect_seed + 7,
+                                      progress=config.progress))
+    return str(pi0)
+
+
+def collect_logs(config: CompareConfig, pi0: str, out: Path) -> str:
+    if config.data:
+        return config.data
+    from rwft.rollout.collect import CollectConfig, run_collect
+
+    path = out / "logs.jsonl"
+    run_collect(CollectConfig(env=config.env, out=str(path), policy=pi0, contexts=config.contexts,
+                              samples_per_context=config.samples_per_context, temperatures=list(config.temperatures),
+                              seed=config.collect_seed, env_args=list(config.env_args),
+                              max_new_tokens=config.max_new_tokens, progress=config.progress))
+    return str(path)
+
+
+def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str, cell: Path) -> str:
+    """Train one method from pi_0; return the policy to evaluate."""
+    if method == "base":
+        return pi0
+    common = dict(data=data, model=pi0, epochs=config.epochs, learning_rate=config.learning_rate,
+                  batch_size=config.batch_size, max_length=config.max_length, seed=seed, report_to="none",
+                  save_steps=10**6)
+    if method in DPO_LEVEL:
+        from rwft.train.dpo import DpoConfig, run_dpo
+
+        common["learning_rate"] = config.dpo_learning_rate or config.learning_rate
+        run_dpo(DpoConfig(output=str(cell / "model"), level=DPO_LEVEL[method], beta=config.beta, **common))
+    else:
+        from rwft.train.weighted import TrainConfig, train
+
+        train(TrainConfig(output=str(cell / "model"), objective=OBJECTIVE[method],
+                          group_by_length=config.group_by_length, **common))
+    return str(cell / "model")
+
+
+def eval_cell(config: CompareConfig, policy: str, seed: int, pi0: str, cell: Path) -> dict[str, Any]:
+    from rwft.eval.evaluate import EvalConfig, run_eval
+
+    return run_eval(EvalConfig(
+        policy=policy, env=config.env, output=str(cell / "eval"), episodes=config.eval_episodes,
+        seeds=[config.eval_seed + seed], env_args=[*config.env_args, *config.eval_env_args],
+        temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
+        ppl_model=pi0 if config.perplexity else "", progress=config.progress,
+    ))
+
+
+def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str, out: Path) -> dict[str, Any]:
+    """Train and evaluate one (method, seed) cell unless its result.json exists; return its result."""
+    from rwft.eval.evaluate import flat
+
+    cell = out / "cells" / f"{method}-s{seed}"
+    done = cell / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(cell / "model", ignore_errors=True)  # an interrupted training restarts clean
+    cell.mkdir(parents=True, exist_ok=True)
+    try:
+        with measure() as cost:
+            policy = train_cell(config, method, seed, data, pi0, cell)
+    except RwftError as e:  # e.g. swift / dpo on logs without reward spread: recorded, not fatal
+        print(f"rwft compare: {method} seed {seed}: {e}", flush=True)
+        result = {"method": method, "seed": seed, "metrics": {}, "error": str(e)}
+        done.write_text(json.dumps(result))
+        return result
+    if method == "base":
+        cost.update(train_time_s=0.0, peak_memory_mb=0.0)
+    ev = eval_cell(config, policy, seed, pi0, cell)
+    log_path = cell / "model" / "train_log.jsonl"
+    train_log = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+    samples_path = cell / "eval" / "samples.jsonl"
+    samples = [json.loads(x)["messages"] for x in samples_path.read_text().splitlines()] if samples_path.exists() \
+        else []
+    result = {"method": method, "seed": seed, "metrics": flat(ev["metrics"]), **cost,
+              "train_log": train_log, "samples": samples[:2]}
+    tmp = done.with_name(".result.json.tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, done)
+    return result
+
+
+def run_compare(config: CompareConfig) -> dict[str, Any]:
+    """Run (or finish) the comparison; print the table; return the report's files."""
+    from rwft.eval.report import write_report
+
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    t0 = time.perf_counter()
+    pi0 = make_pi0(config, out)
+    data = collect_logs(config, pi0, out)
+    results = []
+    for seed in config.seeds:
+        for method in config.methods:
+            print(f"rwft compare: {method} seed {seed}", flush=True)
+            results.append(run_cell(config, method, seed, data, pi0, out))
+    keep = ["reward", "correct", "success", "asked", "turns", "thinking", "length", "repetition", "distinct_2",
+            "perplexity"]
+    names = [k for k in keep if any(r["metrics"].get(k) for r in results)]  # present and not always 0
+    title = f"rwft compare: {config.env} {' '.join(config.env_args)}"
+    files = write_report(results, out / "report", names, title=title)
+    print(files["markdown"].read_text())
+    summary = out / "pi0" / "bootstrap.json"
+    if config.bootstrap_contexts > 0 and summary.exists():
+        p = json.loads(summary.read_text())["pi0"]
+        print(f"rwft compare: pi_0 on {p.get('episodes', 0)} held-out rollouts: mean reward "
+              f"{p.get('mean_reward', float('nan')):.3f}, best-of-{config.samples_per_context} "
+              f"{p.get('best_of_m_reward', float('nan')):.3f}")
+    print(f"rwft compare: wrote {out / 'report'} in {time.perf_counter() - t0:.0f} s")
+    return {k: str(v) for k, v in files.items()}

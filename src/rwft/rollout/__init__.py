@@ -1,0 +1,1 @@
+"""Environments, policies, judges, and the collection and labelling of episodes."""

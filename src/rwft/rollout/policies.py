@@ -1,0 +1,362 @@
+"""Policies that write the agent's turns: a Hugging Face causal LM, a scripted agent, an HTTP endpoint.
+
+Every policy answers a batch at once: ``act(episodes, temperatures, seeds)`` returns one text per
+episode. ``seeds[i]`` is derived by the collector from (seed, context, sample, turn), and each policy
+uses it so that an episode's text does not depend on which other episodes share its batch:
+
+- ``HFPolicy``: one left-padded ``generate`` call per batch, continuing from the KV cache of the
+  episodes' previous turn; sampling is done by a logits processor that draws each row's token with
+  uniforms from that row's own ``torch.Generator`` (temperature 0 = greedy), so row i gets the same
+  tokens alone or in a batch of 32 in fp32 on a CPU (tested). In bf16 on a GPU, a row's logits change
+  in the last bits with the batch's shape, so sampled texts can part ways after a few tokens (an H100
+  gave the same text for 3 of 32 three-turn episodes); the episodes are equally distributed, not equal.
+- ``ScriptedPolicy``: the environment's rule-based agent with a skill in [0, 1], or ``mixed`` (a
+  skill drawn per episode), seeded by ``random.Random(seed)``.
+- ``OpenAIPolicy``: ``POST {base_url}/chat/completions`` (vLLM, SGLang, llama.cpp server, a hosted
+  API) with the stdlib only; requests of a batch run in threads. The API key is read from the
+  environment variable named by ``api_key_env`` and is never logged, written or put in an error.
+
+``make_policy(spec)``: ``scripted``, ``scripted:0.4``, ``scripted:mixed``, ``http(s)://host/v1``
+(needs ``api_model``), or a preset name / model directory / hub id for ``HFPolicy``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rwft.errors import RwftError
+from rwft.rollout.envs.base import Environment, Episode, stable_int
+
+
+class Policy(Protocol):
+    name: str
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]: ...
+
+
+class ScriptedPolicy:
+    """The environment's scripted agent; ``skill`` None means a skill drawn uniformly per episode."""
+
+    def __init__(self, env: Environment, skill: float | None = 1.0):
+        if skill is not None and not 0.0 <= skill <= 1.0:
+            raise RwftError(f"--policy scripted:{skill}: the skill must lie in [0, 1]")
+        self.env = env
+        self.skill = skill
+        self.name = "scripted:mixed" if skill is None else f"scripted:{skill:g}"
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
+        out = []
+        for ep, seed in zip(episodes, seeds, strict=True):
+            if "_skill" not in ep.state:
+                # an independent stream: the turn's own rng must not repeat the skill draw
+                mixed = random.Random(stable_int("skill", seed)).random()
+                ep.state["_skill"] = mixed if self.skill is None else self.skill
+            out.append(self.env.scripted_action(ep, random.Random(seed), ep.state["_skill"]))
+        return out
+
+
+def _row_sampler(temperatures: list[float], seeds: list[int], width: int, max_new_tokens: int, device: Any):
+    """A logits processor that draws each row's tokens from that row's own seeded uniforms.
+
+    Row i's uniforms ``u[i, 0..max_new_tokens)`` come from ``torch.Generator(seeds[i])``, drawn once up
+    front, and step s picks the token where u[i, s] falls in the row's cumulative distribution (inverse
+    CDF). The result depends on the row's own logits and seed only, and the whole batch is sampled in a
+    few tensor operations (no per-row loop). Temperature 0 is greedy.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            t = torch.tensor(temperatures, dtype=torch.float32, device=device)
+            self.greedy = t <= 0
+            self.temp = torch.where(self.greedy, torch.ones_like(t), t)[:, None]
+            self.u = torch.stack([
+                torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s % (2**63)), dtype=torch.float64)
+                for s in seeds
+            ]).to(device)
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            step = input_ids.shape[1] - width
+            scores = scores.float()
+            cdf = torch.softmax(scores / self.temp, dim=-1).double().cumsum(-1)
+            u = self.u[:, step : step + 1] * cdf[:, -1:]
+            sampled = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[1] - 1)
+            chosen = torch.where(self.greedy, scores.argmax(-1), sampled)
+            return torch.full_like(scores, float("-inf")).scatter_(1, chosen[:, None], 0.0)
+
+    return RowSampler()
+
+
+@dataclass
+class _Session:
+    """The KV cache of the last batch of episodes, kept so that their next turn prefills only new tokens."""
+
+    owners: list[Any]
+    """the episode of each row"""
+    ids: Any
+    """[rows, C] the token in each of the cache's C columns"""
+    mask: Any
+    """[rows, C] 1 where the column belongs to the row's conversation (0: padding or stale)"""
+    cache: Any
+    """a transformers DynamicCache holding the C columns"""
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class HFPolicy:
+    """A causal LM with a chat template; batched generation with left padding.
+
+    Between the turns of the same episodes (``act``), the KV cache of the previous call is kept: each
+    row's conversation is rendered in full as always, the longest prefix that matches the tokens already
+    in the cache is reused, and only the rest (the environment's reply and the next generation prompt)
+    is prefilled. Stale or padding columns are masked out, and position ids follow the mask, so the
+    tokens and positions the model sees are those of a fresh prefill.
+    """
+
+    def __init__(
+        self, model: str, max_new_tokens: int = 64, device: str | None = None, trust_remote_code: bool = False,
+        reuse_cache: bool = True,
+    ):
+        import torch
+
+        from rwft.presets import load_model, load_tokenizer
+
+        self.name = model
+        try:
+            self.tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise RwftError(f"--policy {model}: could not load a tokenizer ({e})") from e
+        self.tok.padding_side = "left"
+        if not getattr(self.tok, "chat_template", None):
+            raise RwftError(f"--policy {model}: the tokenizer has no chat template")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # bf16 on a GPU that has it (half the memory, the usual serving precision); fp32 on a CPU
+        gpu_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if gpu_bf16 else torch.float32
+        self.model = load_model(model, trust_remote_code=trust_remote_code, dtype=dtype).to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.reuse_cache = reuse_cache
+        self.generated_tokens = 0
+        self.prefilled_tokens = 0
+        self._session: _Session | None = None
+
+    def _render(self, conv: list[dict[str, Any]], keep: int) -> list[int]:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
+        ids = self.tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)[-keep:]  # keep the end when the context would overflow
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
+        """Token ids and attention mask of ``rows``, left-padded to the longest."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = [[self.tok.pad_token_id] * (width - len(r)) + r for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+        return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
+
+    def _resume(self, owners: list[Any], rows: list[list[int]]) -> tuple[Any, Any, Any, list[list[int]]] | None:
+        """The previous call's cache narrowed to ``owners``' rows, with each row's uncached suffix; or None."""
+        import torch
+
+        from rwft.rollout.kv_cache import compact
+
+        s, self._session = self._session, None
+        if s is None:
+            return None
+        index = {id(o): i for i, o in enumerate(s.owners)}  # the session holds its owners: ids are not reused
+        pos = [index.get(id(o)) for o in owners]
+        if None in pos:
+            return None
+        if pos != list(range(len(s.owners))):
+            sel = torch.tensor(pos, device=s.ids.device)
+            s.cache.batch_select_indices(sel)
+            s.ids, s.mask = s.ids[sel], s.mask[sel]
+        mask = s.mask.clone()
+        suffixes = []
+        for r, row in enumerate(rows):
+            cols = mask[r].nonzero().squeeze(1)
+            p = min(common_prefix(s.ids[r, cols].tolist(), row), len(row) - 1)
+            mask[r, cols[p:]] = 0
+            suffixes.append(row[p:])
+        ids, mask = compact(s.cache, s.ids, mask)
+        return ids, mask, s.cache, suffixes
+
+    def _shared_prefill(self, rows: list[list[int]]) -> tuple[Any, Any, Any, list[list[int]]] | None:
+        """When rows repeat a prompt (m samples of a context), prefill each distinct prompt once, all but its
+        last token, and give every row its prompt's cache; each row's suffix is then its last token."""
+        import torch
+
+        from rwft.rollout.kv_cache import growing_cache
+
+        distinct: dict[tuple[int, ...], int] = {}
+        which = [distinct.setdefault(tuple(r), len(distinct)) for r in rows]
+        if len(distinct) == len(rows) or min(len(r) for r in rows) < 2:
+            return None
+        heads = [list(r[:-1]) for r in distinct]
+        ids, mask = self._left_pad(heads)
+        cache = growing_cache(self.model.config)
+        with torch.no_grad():
+            self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                       past_key_values=cache, logits_to_keep=1)
+        self.prefilled_tokens += sum(len(h) for h in heads)
+        index = torch.tensor(which, device=self.device)
+        cache.batch_select_indices(index)
+        return ids[index], mask[index], cache, [r[-1:] for r in rows]
+
+    def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
+                 max_new_tokens: int | None = None, owners: list[Any] | None = None) -> list[str]:
+        """The next assistant message for each conversation (only role and content are sent).
+
+        ``owners`` (one object per conversation, e.g. its episode) turns on KV-cache reuse: a later call
+        whose owners are all among this call's continues from this call's cache.
+        """
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from rwft.rollout.kv_cache import growing_cache
+
+        new = max_new_tokens or self.max_new_tokens
+        rows = [self._render(c, max(1, self.max_len - new)) for c in conversations]
+        resumed = None
+        if self.reuse_cache:
+            resumed = (self._resume(owners, rows) if owners is not None else None) or self._shared_prefill(rows)
+        if resumed is None:
+            old_ids = torch.empty((len(rows), 0), dtype=torch.long, device=self.device)
+            old_mask, cache, suffixes = old_ids, growing_cache(self.model.config), rows
+        else:
+            old_ids, old_mask, cache, suffixes = resumed
+        pad = self.tok.pad_token_id
+        self.prefilled_tokens += sum(len(r) for r in suffixes)
+        new_ids, new_mask = self._left_pad(suffixes)
+        input_ids, mask = torch.cat([old_ids, new_ids], dim=1), torch.cat([old_mask, new_mask], dim=1)
+        start = input_ids.shape[1]
+        config = GenerationConfig(
+            max_new_tokens=new, do_sample=False, pad_token_id=pad, eos_token_id=self.tok.eos_token_id
+        )
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, generation_config=config, past_key_values=cache,
+                logits_processor=LogitsProcessorList([_row_sampler(temperatures, seeds, start, new, self.device)]),
+            )
+        texts, gen_mask = [], torch.zeros_like(out[:, start:])
+        for r, row in enumerate(out[:, start:].tolist()):
+            if self.tok.eos_token_id in row:
+                row = row[: row.index(self.tok.eos_token_id) + 1]
+            gen_mask[r, : len(row)] = 1
+            row = [t for t in row if t not in (pad, self.tok.eos_token_id)]
+            self.generated_tokens += len(row)
+            texts.append(self.tok.decode(row, skip_special_tokens=True).strip())
+        if owners is not None and self.reuse_cache and cache.get_seq_length() == out.shape[1] - 1 \
+                and out.shape[1] < 2 * self.max_len:
+            self._session = _Session(list(owners), out[:, :-1], torch.cat([mask, gen_mask], dim=1)[:, :-1], cache)
+        return texts
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
+        return self.generate([ep.messages for ep in episodes], temperatures, seeds, owners=episodes)
+
+
+class OpenAIPolicy:
+    """An OpenAI-compatible chat-completions endpoint; the key comes only from ``$api_key_env``."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 256,
+                 timeout: float = 120.0, retries: int = 3, workers: int = 8):
+        if not model:
+            raise RwftError(f"--policy {base_url}: an HTTP endpoint needs --api-model (the served model's name)")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.max_new_tokens = max_new_tokens
+        self.timeout = timeout
+        self.retries = retries
+        self.workers = workers
+        self.name = f"{model}@{self.base_url}"
+        self.generated_tokens = 0
+
+    def chat(self, messages: list[dict[str, Any]], temperature: float, seed: int, max_tokens: int | None = None) -> str:
+        body = {
+            "model": self.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": temperature,
+            "seed": seed % (2**31),
+            "max_tokens": max_tokens or self.max_new_tokens,
+        }
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(
+            f"{self.base_url}/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    data = json.loads(resp.read().decode("utf-8"))
+                usage = data.get("usage") or {}
+                self.generated_tokens += int(usage.get("completion_tokens") or 0)
+                return str(data["choices"][0]["message"].get("content") or "")
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code} {e.reason}"
+                if e.code in (400, 401, 403, 404, 422):
+                    break  # the request itself is wrong: retrying will not help
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except (ValueError, KeyError, IndexError, TypeError):
+                last = "a reply that is not a chat completion"
+            if attempt < self.retries:
+                time.sleep(min(8.0, 0.5 * 2**attempt))
+        raise RwftError(f"--policy {self.base_url}: request failed after {self.retries + 1} tries ({last})")
+
+    def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
+                 max_new_tokens: int | None = None) -> list[str]:
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(conversations)))) as pool:
+            futures = [
+                pool.submit(self.chat, c, t, s, max_new_tokens)
+                for c, t, s in zip(conversations, temperatures, seeds, strict=True)
+            ]
+            return [f.result() for f in futures]
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
+        return self.generate([ep.messages for ep in episodes], temperatures, seeds)
+
+
+def make_policy(spec: str, env: Environment | None = None, max_new_tokens: int = 64, api_model: str = "",
+                api_key_env: str = "OPENAI_API_KEY") -> Any:
+    """A policy from its command-line name (see the module docstring)."""
+    if spec == "scripted" or spec.startswith("scripted:"):
+        if env is None:
+            raise RwftError(f"--policy {spec}: a scripted policy needs an environment")
+        arg = spec.partition(":")[2] or "1"
+        if arg == "mixed":
+            return ScriptedPolicy(env, None)
+        try:
+            return ScriptedPolicy(env, float(arg))
+        except ValueError:
+            raise RwftError(f"--policy {spec}: expected scripted, scripted:SKILL (0-1) or scripted:mixed") from None
+    if spec.startswith(("http://", "https://")):
+        return OpenAIPolicy(spec, api_model, api_key_env, max_new_tokens)
+    return HFPolicy(spec, max_new_tokens)
+
+
+def turn_seed(seed: int, context_id: str, sample: int, turn: int, what: str = "policy") -> int:
+    """The seed of one generation: a function of (seed, context, sample, turn) only."""
+    return stable_int(what, seed, context_id, sample, turn)

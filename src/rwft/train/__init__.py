@@ -1,0 +1,1 @@
+"""The training skeleton and the trainers built on it."""
