@@ -65,8 +65,8 @@ def run_rwft(objective: str, model: str, steps: int, batch: int, out: Path) -> t
         def on_train_begin(self, args, state, control, **kwargs):
             trainers.append(kwargs)
 
-    cfg = training.TrainConfig(data=str(DATA), output=str(out / objective), model=model, objective=objective,
-                               max_steps=steps, batch_size=batch, learning_rate=1e-5, report_to="none",
+    cfg = training.TrainConfig(data=str(DATA), output_dir=str(out / objective), model=model,
+                               objective=objective, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-5, report_to="none",
                                save_steps=10_000)
     training.train(cfg, callbacks=[timer])
     return statistics.median(timer.times[WARMUP:]), rwft_padding(model, batch)

@@ -26,7 +26,8 @@ class SaveGrads(TrainerCallback):
 
 def main(data: str, out: str, batch: int, accum: int, objective: str = "swift") -> None:
     config = TrainConfig(
-        data=data, output=out, objective=objective, gamma=0.5, max_steps=1, batch_size=batch, grad_accum=accum,
+        data=data, output_dir=out, objective=objective, gamma=0.5, max_steps=1, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
         max_grad_norm=0.0, learning_rate=1e-3, report_to="none", save_steps=1000, seed=0,
     )
     train(config, callbacks=[SaveGrads(Path(out) / "grads.pt")])

@@ -47,7 +47,7 @@ def margins(model, ref, tok, pairs):
 def test_dpo_steps_increase_the_chosen_rejected_margin(tmp_path):
     data = tmp_path / "logs.jsonl"
     write_data(data)
-    out = run_dpo(DpoConfig(data=str(data), output=str(tmp_path / "run"), max_steps=6, batch_size=4,
+    out = run_dpo(DpoConfig(data=str(data), output_dir=str(tmp_path / "run"), max_steps=6, per_device_train_batch_size=4,
                             learning_rate=5e-4, beta=0.1, report_to="none", save_steps=100))
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == 4 and json.loads((out / "pair_stats.json").read_text())["pairs"] == 4
@@ -67,7 +67,7 @@ def test_step_level_and_no_pairs_error(tmp_path):
     rec = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "reward": 0.5}
     data.write_text(json.dumps({**rec, "context_id": "x"}) + "\n" + json.dumps({**rec, "context_id": "x"}) + "\n")
     with pytest.raises(RwftError, match="no preference pairs"):
-        run_dpo(DpoConfig(data=str(data), output=str(tmp_path / "none"), max_steps=1, report_to="none"))
+        run_dpo(DpoConfig(data=str(data), output_dir=str(tmp_path / "none"), max_steps=1, report_to="none"))
     assert not (tmp_path / "none").exists()  # nothing written on bad input
     with pytest.raises(RwftError, match="--beta"):
-        DpoConfig(data="x", output="y", beta=0)
+        DpoConfig(data="x", output_dir="y", beta=0)

@@ -87,7 +87,7 @@ def _losses(run: Path) -> dict[int, float]:
 
 def test_resume_after_kill_gives_the_same_losses(tmp_path, sample_path):
     def config(out):
-        return TrainConfig(data=str(sample_path), output=str(out), objective="refit", max_steps=6, batch_size=4,
+        return TrainConfig(data=str(sample_path), output_dir=str(out), objective="refit", max_steps=6, per_device_train_batch_size=4,
                            save_steps=2, learning_rate=1e-3, report_to="none", seed=3)
 
     full = train(config(tmp_path / "full"))
@@ -111,10 +111,10 @@ def test_lora_adapter_and_merged_give_the_same_forward(tmp_path, sample_path):
 
     from rwft.presets import load_model
 
-    base = dict(data=str(sample_path), objective="sft", max_steps=2, batch_size=4, lora=True, lora_r=4,
+    base = dict(data=str(sample_path), objective="sft", max_steps=2, per_device_train_batch_size=4, lora=True, lora_r=4,
                 learning_rate=1e-2, report_to="none")
-    adapter = train(TrainConfig(output=str(tmp_path / "adapter"), **base))
-    merged = train(TrainConfig(output=str(tmp_path / "merged"), merge_lora=True, **base))
+    adapter = train(TrainConfig(output_dir=str(tmp_path / "adapter"), **base))
+    merged = train(TrainConfig(output_dir=str(tmp_path / "merged"), merge_lora=True, **base))
     assert (adapter / "adapter_model.safetensors").exists()
     assert not (adapter / "model.safetensors").exists()
     x = torch.tensor([[5, 17, 99, 3, 250]])
@@ -129,10 +129,10 @@ def test_lora_adapter_and_merged_give_the_same_forward(tmp_path, sample_path):
 def test_other_config_in_same_output_is_refused(tmp_path, sample_path):
     from rwft.errors import RwftError
 
-    cfg = TrainConfig(data=str(sample_path), output=str(tmp_path / "r"), max_steps=1, report_to="none")
+    cfg = TrainConfig(data=str(sample_path), output_dir=str(tmp_path / "r"), max_steps=1, report_to="none")
     train(cfg)
     with pytest.raises(RwftError, match="different config"):
-        train(TrainConfig(data=str(sample_path), output=str(tmp_path / "r"), max_steps=2, report_to="none"))
+        train(TrainConfig(data=str(sample_path), output_dir=str(tmp_path / "r"), max_steps=2, report_to="none"))
     shutil.rmtree(tmp_path / "r")
 
 

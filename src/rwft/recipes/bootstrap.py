@@ -152,8 +152,9 @@ def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
     t_collect = time.time()
     train_dir = out / "train"
     train(TrainConfig(
-        data=str(scripted), output=str(train_dir), model=config.model, objective="sft", epochs=config.epochs,
-        learning_rate=config.learning_rate, batch_size=config.batch_size, max_length=config.max_length,
+        data=str(scripted), output_dir=str(train_dir), model=config.model, objective="sft",
+        num_train_epochs=config.epochs, learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size, max_length=config.max_length,
         seed=config.seed, report_to="none",
     ))
     t_train = time.time()

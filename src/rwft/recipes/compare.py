@@ -183,18 +183,18 @@ def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: st
     """Train one method from pi_0; return the policy to evaluate."""
     if method == "base":
         return pi0
-    common = dict(data=data, model=pi0, epochs=config.epochs, learning_rate=config.learning_rate,
-                  batch_size=config.batch_size, max_length=config.max_length, seed=seed, report_to="none",
-                  save_steps=10**6)
+    common = dict(data=data, model=pi0, num_train_epochs=config.epochs, learning_rate=config.learning_rate,
+                  per_device_train_batch_size=config.batch_size, max_length=config.max_length, seed=seed,
+                  report_to="none", save_steps=10**6, disable_tqdm=True)
     if method in DPO_LEVEL:
         from rwft.train.dpo import DpoConfig, run_dpo
 
         common["learning_rate"] = config.dpo_learning_rate or config.learning_rate
-        run_dpo(DpoConfig(output=str(cell / "model"), level=DPO_LEVEL[method], beta=config.beta, **common))
+        run_dpo(DpoConfig(output_dir=str(cell / "model"), level=DPO_LEVEL[method], beta=config.beta, **common))
     else:
         from rwft.train.weighted import TrainConfig, train
 
-        train(TrainConfig(output=str(cell / "model"), objective=OBJECTIVE[method],
+        train(TrainConfig(output_dir=str(cell / "model"), objective=OBJECTIVE[method],
                           group_by_length=config.group_by_length, **common))
     return str(cell / "model")
 
