@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,25 @@ def test_every_verb_has_help_with_every_field_documented(verb, capsys):
             assert f"--{f.name.replace('_', '-')}" in out or f"--{f.name}" in out
         if f.name in own:
             assert docs.get(f.name), f"{cls_name}.{f.name} has no docstring"
+
+
+def test_validate_takes_the_data_path_without_data_option(sample_path, capsys):
+    assert main(["validate", str(sample_path)]) == 0
+    assert f"{sample_path}: OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_config_parses_and_validates(path):
+    """examples/VERB-NAME.yaml holds the options of `rwft VERB`; each builds its config without error."""
+    from rwft.cli import parse_config
+
+    verb = path.stem.split("-")[0]
+    assert verb in COMMANDS, f"{path.name}: name it after its verb (one of {sorted(COMMANDS)})"
+    config = parse_config(verb, ["--config", str(path)])
+    assert type(config).__name__ == COMMANDS[verb][1]
+    if verb == "compare":  # and the trainers' configs it will build for each method
+        from rwft.recipes.compare import trainer_config
+
+        for method in config.methods:
+            if method != "base":
+                trainer_config(config, method, config.seeds[0], "logs.jsonl", "pi0", "out")

@@ -142,10 +142,10 @@ def test_normalizer_counts_conversations_not_the_batch_tokens(tmp_path):
     from transformers import TrainingArguments
 
     from rwft.presets import load_model
-    from rwft.train.weighted import _trainer_class
+    from rwft.train.weighted import WeightedTrainer
 
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
-    trainer = _trainer_class()(model=load_model("tiny"), args=args, tokens_per_conversation=50.0)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], remove_unused_columns=False)
+    trainer = WeightedTrainer(model=load_model("tiny"), args=args, tokens_per_conversation=50.0)
     short = {"labels": torch.zeros(4, 10, dtype=torch.long)}
     long = {"labels": torch.zeros(4, 300, dtype=torch.long)}
     n_short = trainer._get_num_items_in_batch([short], torch.device("cpu"))

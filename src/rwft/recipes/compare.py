@@ -179,23 +179,30 @@ def collect_logs(config: CompareConfig, pi0: str, out: Path) -> str:
     return str(path)
 
 
+def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0: str, out: str):
+    """The config of ``rwft train`` (or ``rwft dpo``) that trains one method from pi_0, silently."""
+    common = dict(data=data, model=pi0, output_dir=out, num_train_epochs=config.epochs,
+                  learning_rate=config.learning_rate, per_device_train_batch_size=config.batch_size,
+                  max_length=config.max_length, seed=seed, report_to="none", save_steps=10**6, disable_tqdm=True)
+    if method in DPO_LEVEL:
+        from rwft.train.dpo import DpoConfig
+
+        common["learning_rate"] = config.dpo_learning_rate or config.learning_rate
+        return DpoConfig(level=DPO_LEVEL[method], beta=config.beta, **common)
+    from rwft.train.weighted import TrainConfig
+
+    return TrainConfig(objective=OBJECTIVE[method], group_by_length=config.group_by_length, **common)
+
+
 def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str, cell: Path) -> str:
     """Train one method from pi_0; return the policy to evaluate."""
     if method == "base":
         return pi0
-    common = dict(data=data, model=pi0, num_train_epochs=config.epochs, learning_rate=config.learning_rate,
-                  per_device_train_batch_size=config.batch_size, max_length=config.max_length, seed=seed,
-                  report_to="none", save_steps=10**6, disable_tqdm=True)
-    if method in DPO_LEVEL:
-        from rwft.train.dpo import DpoConfig, run_dpo
+    from rwft.train.dpo import run_dpo
+    from rwft.train.weighted import train
 
-        common["learning_rate"] = config.dpo_learning_rate or config.learning_rate
-        run_dpo(DpoConfig(output_dir=str(cell / "model"), level=DPO_LEVEL[method], beta=config.beta, **common))
-    else:
-        from rwft.train.weighted import TrainConfig, train
-
-        train(TrainConfig(output_dir=str(cell / "model"), objective=OBJECTIVE[method],
-                          group_by_length=config.group_by_length, **common))
+    trainer = trainer_config(config, method, seed, data, pi0, str(cell / "model"))
+    (run_dpo if method in DPO_LEVEL else train)(trainer)
     return str(cell / "model")
 
 

@@ -110,6 +110,14 @@ class _Session:
     """a transformers DynamicCache holding the C columns"""
 
 
+def _bf16_supported(device: str) -> bool:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return device.startswith(("mps", "xpu", "npu"))
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -145,10 +153,13 @@ class HFPolicy:
         self.tok.padding_side = "left"
         if not getattr(self.tok, "chat_template", None):
             raise RwftError(f"--policy {model}: the tokenizer has no chat template")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # bf16 on a GPU that has it (half the memory, the usual serving precision); fp32 on a CPU
-        gpu_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        dtype = torch.bfloat16 if gpu_bf16 else torch.float32
+        if device is None:  # whatever accelerate picks: CUDA, MPS, XPU, NPU, ... or the CPU
+            from accelerate import PartialState
+
+            device = str(PartialState().device)
+        self.device = device
+        # bf16 on an accelerator that has it (half the memory, the usual serving precision); fp32 on a CPU
+        dtype = torch.bfloat16 if self.device != "cpu" and _bf16_supported(self.device) else torch.float32
         self.model = load_model(model, trust_remote_code=trust_remote_code, dtype=dtype).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
