@@ -39,7 +39,7 @@ def test_make_policy_specs():
         make_policy("scripted:good", env)
     with pytest.raises(RwftError, match="api-model"):
         make_policy("http://localhost:1/v1", env)
-    with pytest.raises(RwftError, match="could not load a tokenizer"):
+    with pytest.raises(RwftError, match="no such model directory"):
         make_policy("/nonexistent/model-dir", env)
 
 
