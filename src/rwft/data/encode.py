@@ -1,106 +1,333 @@
-"""Tokenize a conversation with the model's chat template and mark exactly the agent's tokens.
+"""Tokenize a conversation with the model's chat template and tell which agent turn each token belongs to.
 
-transformers can return an assistant mask only for templates with ``{% generation %}`` markers, which
-most templates (SmolLM2's, Llama's, Qwen's) lack, so this module finds the agent's text itself:
+``encode_conversation`` is the one routine that decides which tokens are the agent's: training weights
+them (the collator gives token t the weight ``turn_weights[turn_index[t]]``, 0 where it is -1) and
+perplexity (``rwft.eval.metrics``) scores exactly them.
 
-1. Render the whole conversation once and tokenize it with character offsets.
-2. For each agent message i, render the conversation up to message i and up to i + 1; both must be
-   prefixes of the whole rendering (templates that rewrite earlier turns are refused with a clear
-   error). The agent's span starts where its content starts inside that segment and ends at the end
-   of the segment with trailing whitespace removed, so it covers the content and the end-of-turn token
-   (the model learns to stop) but not the role header.
-3. A token belongs to the agent iff its characters overlap the span.
+**An agent turn's tokens** are what the model would generate for that message: everything after the
+generation prompt (``messages[:i]`` rendered with ``add_generation_prompt=True``) up to and including
+the end-of-turn marker, without the whitespace the template puts after it (ChatML's newline). That is
+the content, or the rendered tool calls, plus the end-of-turn token (the model learns to stop), never
+the role header. transformers can return an assistant mask only for templates with ``{% generation %}``
+markers, which most templates lack, so the spans are found by rendering:
+
+1. Render the whole conversation once and tokenize it once, with character offsets.
+2. For each agent message i, render ``messages[:i]`` with the generation prompt and ``messages[:i+1]``
+   without it; both must be prefixes of the whole rendering. The span is [end of the first, end of the
+   second with trailing whitespace removed). A template that renders earlier turns differently once later
+   ones are added is refused with a clear error (the agent's tokens cannot be located).
+3. A token belongs to the turn whose span its characters overlap.
+
+Fallback rule, for templates with no generation prompt (``add_generation_prompt`` changes nothing) or whose
+generation prompt is not how the turn itself is rendered: the span starts where the message's content
+(stripped) first occurs in the text the message adds, and runs to the end of that text (trailing
+whitespace removed); an empty message gives only its last token (the end-of-turn marker); content the
+template does not reproduce verbatim gives the whole added text, role header included.
+
+Rendering of tools, tool calls and tool results. A template *supports tools* when its source mentions
+``tool_calls``; then messages (with ``tool_calls``, arguments given as JSON strings decoded to objects)
+and the ``tools`` list go to ``apply_chat_template`` as they are. Otherwise this fallback is applied
+before rendering:
+
+- an agent message's tool calls become text appended to its content, Hermes/Qwen style, one block per
+  call: ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` (joined by newlines, after
+  the content and a newline when there is content);
+- a ``tool`` message is rendered as its own ``tool`` turn if the template renders that role (it does not
+  raise and its content appears); else consecutive tool messages become one ``user`` turn whose content is
+  each result wrapped in ``<tool_response>\\n...\\n</tool_response>``, joined by newlines;
+- the ``tools`` list goes into the system message as ``<tools>\\n`` + one JSON schema per line +
+  ``\\n</tools>``: appended (after a blank line) to the first message if it is a system message, else in
+  a new system message prepended.
+
+Tool calls are agent tokens (trained); tool results are not. An agent message with ``weight: 0``
+(OpenAI's fine-tuning format) keeps its place in the turn numbering but its tokens get -1.
 
 Truncation policy (``max_length``): the leading messages up to the first agent turn (the task) are
 always kept; whole exchanges (an agent turn and the observations after it) are dropped from the
 oldest until the rest fits. If even the task plus the last agent turn does not fit, the conversation
-is dropped. Both cases are counted and reported by ``rwft validate`` and ``rwft train``.
+is dropped (None). Turn indices stay those of the original conversation. Both cases are counted and
+reported by ``rwft validate`` and ``rwft train``.
 """
 
 from __future__ import annotations
 
+import json
+from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Any
 
-from rwft.data.conversation import Conversation
 from rwft.errors import RwftError
 
 
 @dataclass
 class Encoded:
-    """Token ids with the weight of each token (0 outside agent turns) and the agent mask."""
+    """Token ids and, per token, the index of the agent turn it belongs to (-1: not trained)."""
 
     input_ids: list[int]
-    agent_mask: list[bool]
-    token_weights: list[float]
-    truncated: bool  # some oldest exchanges were dropped to fit max_length
+    turn_index: list[int]  # index over ALL agent messages of the original conversation, or -1
+    truncated: bool  # oldest exchanges were dropped to fit max_length
 
 
-def render(tokenizer, messages: list[dict]) -> str:
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(msgs, tokenize=False)
+def agent_mask(enc: Encoded) -> list[bool]:
+    """True on the tokens that are trained (``turn_index >= 0``)."""
+    return [k >= 0 for k in enc.turn_index]
 
 
-def agent_spans(tokenizer, messages: list[dict], agent_role: str) -> tuple[str, list[tuple[int, int, int]]]:
-    """The rendered text and (start, end, message index) character spans of each agent turn."""
-    full = render(tokenizer, messages)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != agent_role:
+# ---------------------------------------------------------------------------- template probes
+
+_PROBES: dict[tuple[str, str], bool] = {}
+_TOOL_PROBE = "rwft-tool-probe-7f3a"
+
+
+def _template(tokenizer) -> str:
+    t = getattr(tokenizer, "chat_template", None)
+    return t if isinstance(t, str) else json.dumps(t, sort_keys=True, default=str)
+
+
+def _probe(tokenizer, name: str, fn) -> bool:
+    key = (_template(tokenizer), name)
+    if key not in _PROBES:
+        try:
+            _PROBES[key] = bool(fn())
+        except Exception:  # noqa: BLE001 - any template failure means "no"
+            _PROBES[key] = False
+    return _PROBES[key]
+
+
+def supports_tools(tokenizer) -> bool:
+    """Whether the chat template renders tool calls itself (its source mentions ``tool_calls``)."""
+    return "tool_calls" in _template(tokenizer)
+
+
+def _renders_tool_role(tokenizer) -> bool:
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+            {"role": "tool", "content": _TOOL_PROBE}]
+    return _probe(tokenizer, "tool-role", lambda: _TOOL_PROBE in _render(tokenizer, msgs, None, False))
+
+
+def _has_generation_prompt(tokenizer) -> bool:
+    msgs = [{"role": "user", "content": "q"}]
+    return _probe(tokenizer, "generation-prompt",
+                  lambda: _render(tokenizer, msgs, None, True) != _render(tokenizer, msgs, None, False))
+
+
+def _render(tokenizer, messages: list[dict], tools: list[dict] | None, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+_FAST_OK: dict[str, bool] = {}
+
+
+def _renderer(tokenizer, tools: list[dict] | None, probe: list[dict]):
+    """A function (messages, generation_prompt) -> text. It renders with the compiled template directly
+    (a third of ``apply_chat_template``'s cost, which matters at one render per agent turn), once checked
+    to give the same text as ``apply_chat_template`` for this template; else ``apply_chat_template``."""
+
+    def slow(msgs: list[dict], gen: bool) -> str:
+        return _render(tokenizer, msgs, tools, gen)
+
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        template = tokenizer.get_chat_template(None, tools)
+        compiled = _compile_jinja_template(template)
+        kwargs = dict(tokenizer.special_tokens_map)
+    except Exception:  # noqa: BLE001 - another transformers version: the public path
+        return slow
+
+    def fast(msgs: list[dict], gen: bool) -> str:
+        return compiled.render(messages=msgs, tools=tools, documents=None, add_generation_prompt=gen, **kwargs)
+
+    key = template + "\0" + json.dumps(kwargs, sort_keys=True, default=str)
+    if key not in _FAST_OK:
+        try:
+            _FAST_OK[key] = all(fast(probe, g) == slow(probe, g) for g in (False, True))
+        except Exception:  # noqa: BLE001
+            _FAST_OK[key] = False
+    return fast if _FAST_OK[key] else slow
+
+
+# ---------------------------------------------------------------------------- preparing messages
+
+
+def _arguments(args: Any) -> Any:
+    """Tool-call arguments as an object when they are a JSON string of one (templates expect objects)."""
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args)
+        except ValueError:
+            return args
+        return parsed if isinstance(parsed, dict) else args
+    return args
+
+
+def _function(call: dict) -> dict:
+    fn = call.get("function", call)
+    return {"name": fn.get("name"), "arguments": _arguments(fn.get("arguments", {}))}
+
+
+def tool_calls_text(calls: list[dict]) -> str:
+    """The fallback text of tool calls: one Hermes/Qwen ``<tool_call>`` block per call, joined by newlines."""
+    return "\n".join(
+        "<tool_call>\n" + json.dumps(_function(c), ensure_ascii=False) + "\n</tool_call>" for c in calls
+    )
+
+
+def _prepare(tokenizer, messages: list[dict], agent_role: str, tools: list[dict] | None):
+    """Messages as the template gets them, the agent ordinal of each (None: not an agent message), the
+    set of excluded ordinals (``weight: 0``) and the ``tools`` argument for the template."""
+    native = supports_tools(tokenizer)
+    out: list[dict] = []
+    turn: list[int | None] = []
+    excluded: set[int] = set()
+    k = 0
+    for m in messages:
+        role = m["role"]
+        msg: dict[str, Any] = {"role": role, "content": m.get("content") or ""}
+        calls = m.get("tool_calls") or []
+        if calls and native:
+            msg["tool_calls"] = [
+                {"type": "function", "function": _function(c), **({"id": c["id"]} if "id" in c else {})}
+                for c in calls
+            ]
+        elif calls:
+            text = tool_calls_text(calls)
+            msg["content"] = msg["content"] + "\n" + text if msg["content"] else text
+        if role == "tool":
+            msg.update({key: m[key] for key in ("tool_call_id", "name") if key in m})
+        out.append(msg)
+        if role == agent_role:
+            if m.get("weight", 1) == 0:
+                excluded.add(k)
+            turn.append(k)
+            k += 1
+        else:
+            turn.append(None)
+    if native:
+        return out, turn, excluded, tools or None
+    if tools:
+        block = "<tools>\n" + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools) + "\n</tools>"
+        if out and out[0]["role"] == "system":
+            first = out[0]["content"]
+            out[0] = {**out[0], "content": first + "\n\n" + block if first else block}
+        else:
+            out.insert(0, {"role": "system", "content": block})
+            turn.insert(0, None)
+    if any(m["role"] == "tool" for m in out) and agent_role != "tool" and not _renders_tool_role(tokenizer):
+        merged: list[dict] = []
+        mturn: list[int | None] = []
+        for msg, t in zip(out, turn, strict=True):
+            if msg["role"] != "tool":
+                merged.append(msg)
+                mturn.append(t)
+                continue
+            wrapped = "<tool_response>\n" + msg["content"] + "\n</tool_response>"
+            if merged and merged[-1].get("_tool_group"):
+                merged[-1]["content"] += "\n" + wrapped
+            else:
+                merged.append({"role": "user", "content": wrapped, "_tool_group": True})
+                mturn.append(None)
+        out = [{k2: v for k2, v in m.items() if k2 != "_tool_group"} for m in merged]
+        turn = mturn
+    return out, turn, excluded, None
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def _rewrites_error() -> RwftError:
+    return RwftError(
+        "the chat template renders earlier turns differently once later turns are added; "
+        "rwft cannot locate the agent's tokens for this template"
+    )
+
+
+def _encode(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[int], tools):
+    """Encode prepared messages without truncation: (Encoded, token index where each agent turn starts)."""
+    render = _renderer(tokenizer, tools, msgs)
+    full = render(msgs, False)
+    gen = _has_generation_prompt(tokenizer)
+    spans: list[tuple[int, int, int]] = []  # (start char, end char, turn index or -1)
+    for j, k in enumerate(turn):
+        if k is None:
             continue
-        before = render(tokenizer, messages[:i]) if i > 0 else ""
-        upto = render(tokenizer, messages[: i + 1])
-        if not (full.startswith(before) and full.startswith(upto)):
-            raise RwftError(
-                "the chat template renders earlier turns differently once later turns are added; "
-                "rwft cannot locate the agent's tokens for this template"
-            )
-        segment_end = len(upto.rstrip())
-        content = m["content"].strip()
-        if content:
-            k = upto.find(content, len(before))
-            if k < 0:
-                raise RwftError(f"the chat template does not reproduce message {i}'s content verbatim")
-            start = k
-        else:  # an empty turn: only the end-of-turn marker is learned
-            start = max(len(before), segment_end - 1)
-        spans.append((start, segment_end, i))
-    return full, spans
-
-
-def encode(tokenizer, messages: list[dict], agent_role: str, turn_weights: list[float]) -> Encoded:
-    """Tokenize without truncation; ``turn_weights`` has one weight per agent turn."""
-    text, spans = agent_spans(tokenizer, messages, agent_role)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    mask = [False] * len(ids)
-    weights = [0.0] * len(ids)
-    t = 0
-    for (start, end, _), w in zip(spans, turn_weights, strict=True):
-        while t < len(ids) and offsets[t][1] <= start:
-            t += 1
+        upto = render(msgs[: j + 1], False)
+        if not full.startswith(upto):
+            raise _rewrites_error()
+        end = len(upto.rstrip())
+        start = -1
+        if gen:
+            try:
+                prompt = render(msgs[:j], True)
+            except Exception:  # noqa: BLE001 - some templates cannot render an empty conversation
+                prompt = None
+            if prompt is not None and full.startswith(prompt) and len(prompt) <= end:
+                start = len(prompt)
+        if start < 0:  # the documented fallback: locate the content in the text the message adds
+            before = render(msgs[:j], False) if j > 0 else ""
+            if not full.startswith(before):
+                raise _rewrites_error()
+            content = msgs[j]["content"].strip()
+            found = full.find(content, len(before), end) if content else -1
+            start = found if found >= 0 else (max(len(before), end - 1) if not content else len(before))
+        spans.append((start, end, -1 if k in excluded else k))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    index = [-1] * len(ids)
+    ends = [e for _, e in offsets]
+    starts = []
+    for start, end, k in spans:
+        t = bisect_right(ends, start)  # first token ending after the span's start
+        starts.append(t)
+        if k < 0:
+            continue
         while t < len(ids) and offsets[t][0] < end:
             if offsets[t][1] > offsets[t][0]:
-                mask[t] = True
-                weights[t] = w
+                index[t] = k
             t += 1
-    return Encoded(ids, mask, weights, truncated=False)
+    return Encoded(ids, index, truncated=False), starts
 
 
 def encode_conversation(
-    tokenizer, conv: Conversation, turn_weights: list[float], max_length: int, agent_role: str = "assistant"
+    tokenizer,
+    messages: list[dict],
+    max_length: int,
+    agent_role: str = "assistant",
+    tools: list[dict] | None = None,
 ) -> Encoded | None:
     """Encode under the truncation policy of this module; None when the conversation cannot fit."""
-    messages, weights = conv.messages, list(turn_weights)
-    first = next(i for i, m in enumerate(messages) if m["role"] == agent_role)
-    head, body = messages[:first], messages[first:]
-    truncated = False
-    while True:
-        enc = encode(tokenizer, head + body, agent_role, weights)
-        if len(enc.input_ids) <= max_length:
-            enc.truncated = truncated
-            return enc
-        # drop the oldest exchange: the first agent turn of the body and the observations after it
-        nxt = next((j for j in range(1, len(body)) if body[j]["role"] == agent_role), None)
-        if nxt is None:
-            return None
-        body, weights, truncated = body[nxt:], weights[1:], True
+    msgs, turn, excluded, tool_arg = _prepare(tokenizer, messages, agent_role, tools)
+    enc, starts = _encode(tokenizer, msgs, turn, excluded, tool_arg)
+    if len(enc.input_ids) <= max_length:
+        return enc
+    agents = [j for j, k in enumerate(turn) if k is not None]
+    if len(agents) < 2:
+        return None
+    head = msgs[: agents[0]]
+    head_turn = turn[: agents[0]]
+
+    def attempt(drop: int) -> Encoded:
+        cut = agents[drop]
+        out, _ = _encode(tokenizer, head + msgs[cut:], head_turn + turn[cut:], excluded, tool_arg)
+        out.truncated = True
+        return out
+
+    # the first guess: the fewest exchanges whose tokens in the full encoding free enough room
+    n, last = len(enc.input_ids), len(agents) - 1
+    drop = next((d for d in range(1, last + 1) if n - (starts[d] - starts[0]) <= max_length), last)
+    best = attempt(drop)
+    if len(best.input_ids) > max_length:  # too few dropped: drop more until it fits
+        while len(best.input_ids) > max_length:
+            if drop == last:
+                return None
+            drop += 1
+            best = attempt(drop)
+        return best
+    while drop > 1:  # the guess may be too many (tokenization at the cut can differ): drop as few as fit
+        fewer = attempt(drop - 1)
+        if len(fewer.input_ids) > max_length:
+            break
+        best, drop = fewer, drop - 1
+    return best
