@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from rwft.data.encode import encode_conversation
 from rwft.eval import metrics
 from rwft.presets import load_model, load_tokenizer
 
@@ -90,23 +91,30 @@ def tiny():
     return load_model("tiny").eval(), load_tokenizer("tiny")
 
 
-def test_agent_spans_decode_to_agent_text(tiny):
+def _agent_texts_of(tok, enc):
+    runs: dict[int, list[int]] = {}
+    for t, k in zip(enc.input_ids, enc.turn_index, strict=True):
+        if k >= 0:
+            runs.setdefault(k, []).append(t)
+    return [tok.decode(r) for _, r in sorted(runs.items())]
+
+
+def test_perplexity_tokens_decode_to_agent_text(tiny):
     _, tok = tiny
-    full, spans = metrics.agent_token_spans(tok, CONV)
-    assert len(spans) == 2
-    texts = [tok.decode(full[s:e]) for s, e in spans]
-    assert texts == ["It is four.<|im_end|>", "The answer is B<|im_end|>"]
+    enc = encode_conversation(tok, CONV, 10**9)
+    assert _agent_texts_of(tok, enc) == ["It is four.<|im_end|>", "The answer is B<|im_end|>"]
 
 
 def test_perplexity_against_hand_computation(tiny):
     model, tok = tiny
-    full, spans = metrics.agent_token_spans(tok, CONV)
+    enc = encode_conversation(tok, CONV, 10**9)
+    full = enc.input_ids
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([full])).logits[0]
     # by hand: for every agent token position j, -log softmax(logits[j-1])[full[j]]
     nll = []
-    for s, e in spans:
-        for j in range(s, e):
+    for j, k in enumerate(enc.turn_index):
+        if k >= 0:
             p = torch.softmax(logits[j - 1].double(), -1)[full[j]]
             nll.append(-math.log(float(p)))
     want = math.exp(sum(nll) / len(nll))
@@ -118,6 +126,53 @@ def test_perplexity_against_hand_computation(tiny):
     assert metrics.perplexity(model, tok, [CONV, short]) == pytest.approx(math.exp((t1 + t2) / (c1 + c2)))
     # a random 2k-vocab model is near-uniform: perplexity of the order of the vocabulary size
     assert 200 < want < 20000
+
+
+class PositionModel:
+    """A fake LM whose log-probability of the token at position j is a distinct known number (-j / 1000),
+    so agent_nll's total says exactly which positions it scored."""
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+        self.seen: list[list[int]] = []
+
+    def __call__(self, input_ids):
+        ids = input_ids[0].tolist()
+        self.seen.append(ids)
+        n = len(ids)
+        logits = torch.full((n, self.vocab), -1e4)
+        for j in range(1, n):  # row j-1 predicts token j: log p = 0 except a tiny penalty that depends on j
+            logits[j - 1, ids[j]] = 0.0
+            logits[j - 1, (ids[j] + 1) % self.vocab] = math.log(math.expm1(j / 1000))
+        return type("Out", (), {"logits": logits[None]})()
+
+
+TOOL_CONV = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": "sunny"},
+    {"role": "assistant", "content": "Checking twice.", "weight": 0},
+    {"role": "user", "content": "And?"},
+    {"role": "assistant", "content": "Sunny."},
+]
+
+
+@pytest.mark.parametrize("conv", [CONV, TOOL_CONV], ids=["plain", "tools-and-weight-0"])
+def test_perplexity_scores_exactly_the_trained_tokens(tiny, conv):
+    _, tok = tiny
+    model = PositionModel(len(tok))
+    total, count = metrics.agent_nll(model, tok, conv)
+    enc = encode_conversation(tok, conv, 10**9)
+    trained = [j for j, k in enumerate(enc.turn_index) if k >= 0]
+    assert model.seen == [enc.input_ids]  # the whole conversation, as training tokenizes it
+    assert count == len(trained)
+    # -log p(x_j) = log(1 + expm1(j/1000)) = j / 1000: the total is the sum of the scored positions
+    assert total == pytest.approx(sum(trained) / 1000, rel=1e-4)
+    if conv is TOOL_CONV:  # the tool call is scored, the tool result and the weight-0 turn are not
+        assert _agent_texts_of(tok, enc) == [
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+            "Sunny.<|im_end|>"]
 
 
 def test_semantic_similarity_offline():

