@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datasets
+import pytest
 
 from conftest import sample_records, write_jsonl
 from rwft.data.conversation import default_context_id, parse_conversation
-from rwft.data.io import JsonlAppender, count_complete_lines, load_conversations
+from rwft.data.io import JsonlAppender, count_complete_lines, iter_conversations, load_conversations
+from rwft.errors import RwftError
 
 
 def test_jsonl_parquet_and_dataset_dir_load_the_same(tmp_path):
@@ -61,3 +63,27 @@ def test_appender_cuts_a_torn_line_and_counts_whole_ones(tmp_path):
     with JsonlAppender(path) as w:
         w.write([{"a": 3}])
     assert path.read_text() == '{"a": 1}\n{"a": 2}\n{"a": 3}\n'
+
+
+def test_iter_conversations_streams_and_reports_the_line(tmp_path):
+    records = sample_records(8)
+    records[6]["messages"][1]["role"] = "robot"
+    path = write_jsonl(tmp_path / "a.jsonl", records)
+    it = iter_conversations(path)
+    assert [next(it).id for _ in range(6)] == [r["id"] for r in records[:6]]  # read lazily, up to the bad one
+    with pytest.raises(RwftError, match=r"a\.jsonl:7: field 'messages\[1\]\.role'"):
+        next(it)
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(RwftError, match="no conversations"):
+        list(iter_conversations(tmp_path / "e.jsonl"))
+
+
+def test_parquet_is_read_in_batches(tmp_path, monkeypatch):
+    import rwft.data.io as io
+
+    monkeypatch.setattr(io, "BATCH_ROWS", 4)
+    records = sample_records(10)
+    datasets.Dataset.from_list(records).to_parquet(str(tmp_path / "a.parquet"))
+    got = list(io.read_records(tmp_path / "a.parquet"))
+    assert [w for w, _ in got][-1].endswith("a.parquet:row 9") and [r["id"] for _, r in got] == [
+        r["id"] for r in records]

@@ -2,49 +2,64 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from rwft.data.dataset import build_sequences, turn_weights
-from rwft.data.io import load_conversations
+from conftest import sample_records, write_jsonl
+from rwft.data.dataset import prepare_training_data
 from rwft.presets import load_tokenizer
 from rwft.train.collate import LengthGroupedSampler, WeightedCollator
 
 
-def test_weights_survive_grouping_and_padding(sample_path):
+def test_weights_survive_grouping_and_padding(tmp_path, monkeypatch):
     tok = load_tokenizer("tiny")
-    convs = load_conversations(sample_path)[:40]
-    for c in convs:  # a reward unique to each conversation, to recognize it after batching
-        c.reward = 1.0 + convs.index(c)
-        c.messages[0]["content"] += f" ({c.id})"  # scripted samples can repeat: make each one unique
-    weights = turn_weights(convs, "refit")
-    rows, stats = build_sequences(tok, convs, weights, 1024, "assistant")
-    assert stats.kept == 40
-    owner = {tuple(r["input_ids"]): c.reward for r, c in zip(rows, convs, strict=True)}
-    sampler = LengthGroupedSampler([len(r["input_ids"]) for r in rows], 8, seed=0)
+    monkeypatch.setenv("RWFT_CACHE", str(tmp_path / "cache"))
+    records = sample_records(40)
+    for k, r in enumerate(records):  # a reward unique to each conversation, to recognize it after batching
+        r["reward"] = 1.0 + k
+        r["messages"][0]["content"] += f" ({r['id']})"  # scripted samples can repeat: make each one unique
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    ds, stats = prepare_training_data(path, tok, objective="refit", max_length=1024)
+    assert stats.kept == len(ds) == 40
+    owner = {tuple(ds[i]["input_ids"].tolist()): records[i]["reward"] for i in range(40)}
+    sampler = LengthGroupedSampler(ds["length"], 8, seed=0)
     order = list(sampler)
     assert sorted(order) == list(range(40))
     collate = WeightedCollator(tok.pad_token_id)
     padded = slots = 0
     for b in range(0, 40, 8):
-        batch = collate([rows[i] for i in order[b:b + 8]])
+        batch = collate(ds.__getitems__(order[b:b + 8]))  # how the DataLoader fetches a batch
         for ids, am, labels, w in zip(batch["input_ids"], batch["attention_mask"], batch["labels"],
                                       batch["token_weights"], strict=True):
             n = int(am.sum())
             expected = owner[tuple(ids[:n].tolist())]
             agent = labels != -100
+            assert agent.sum() > 0
             assert torch.all(w[agent] == expected) and torch.all(w[~agent] == 0)
-            assert torch.all(labels[n:] == -100)
+            assert torch.all(labels[agent] == ids[agent]) and torch.all(labels[n:] == -100)
         padded += int((batch["attention_mask"] == 0).sum())
         slots += batch["attention_mask"].numel()
     assert padded / slots < 0.10
 
 
-def test_zero_weight_conversations_are_dropped(sample_path):
+def test_each_agent_token_carries_its_turns_weight():
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "turn_index": [-1, 0, 0, -1, 1, 2], "turn_weights": [0.5, 0.0, 2.0]},
+            {"input_ids": [1, 2, 3], "turn_index": np.array([-1, 0, 0]), "turn_weights": np.array([-1.5])}]
+    batch = WeightedCollator(pad_token_id=99)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10], [1, 2, 3, 99, 99, 99]]
+    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
+    assert batch["token_weights"].tolist() == [[0, 0.5, 0.5, 0, 0, 2.0], [0, -1.5, -1.5, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, -100, 10], [-100, 2, 3, -100, -100, -100]]
+    assert batch["input_ids"].dtype == batch["labels"].dtype == torch.long
+    assert batch["token_weights"].dtype == torch.float32
+
+
+def test_zero_weight_conversations_are_dropped(tmp_path, monkeypatch):
     tok = load_tokenizer("tiny")
-    convs = load_conversations(sample_path)[:30]
-    weights = turn_weights(convs, "filtered")  # top-1 of each context of 3 samples
-    rows, stats = build_sequences(tok, convs, weights, 1024, "assistant")
-    assert stats.kept == len(rows) == 10 and stats.zero_weight == 20
+    monkeypatch.setenv("RWFT_CACHE", str(tmp_path / "cache"))
+    path = write_jsonl(tmp_path / "d.jsonl", sample_records(30))
+    ds, stats = prepare_training_data(path, tok, objective="filtered", max_length=1024)  # top-1 of 3 per context
+    assert stats.kept == len(ds) == 10 and stats.zero_weight == 20
 
 
 def test_length_grouped_batches_stay_aligned_with_a_partial_batch():
@@ -62,3 +77,15 @@ def test_length_grouped_order_depends_on_seed_and_epoch_only():
     assert list(a) == list(b) and sorted(a) == list(range(40))
     b.set_epoch(1)
     assert list(a) != list(b)
+
+
+def test_length_grouped_sampler_is_fast_on_a_million_rows():
+    import time
+
+    lengths = np.random.default_rng(0).integers(20, 1024, 1_000_000)
+    t = time.perf_counter()
+    order = LengthGroupedSampler(lengths, 8, seed=3).order()
+    assert time.perf_counter() - t < 2.0
+    assert np.array_equal(np.sort(order), np.arange(1_000_000))
+    spread = lengths[order[: 999_992].reshape(-1, 8)]
+    assert np.mean(spread.max(1) - spread.min(1)) < 40  # batches hold similar lengths (random: about 700)

@@ -1,20 +1,180 @@
-"""From logged conversations to weighted token sequences for training.
+"""From logged conversations to an Arrow-backed training dataset, without holding conversations in memory.
 
-Weights are per token and travel with the tokens (``token_weights``), so no batching mode can lose
-them or attach them to the wrong sequence.
+Three stages, each cached on disk under ``$RWFT_CACHE/data`` (default ``~/.cache/rwft/data``):
+
+1. ``read_dataset``: JSONL / Parquet / a ``save_to_disk`` directory is streamed record by record through
+   ``parse_conversation`` (errors keep the ``file:line: field '...'`` form) into one Arrow file, written
+   under a temporary name and renamed on success. Key: absolute path, size, mtime_ns, agent role,
+   require_reward and the format version. A hit is memory-mapped (well under a second).
+2. ``encode_dataset``: a batched, multi-process ``datasets.map`` that tokenizes every conversation with
+   the chat template; its output (``input_ids``, ``turn_index``, ...) does not depend on the objective.
+   Key: the data key, a hash of the tokenizer (vocab, merges, chat template, special tokens), max_length,
+   agent role, the encoder's source and the tokenizers / transformers versions. Written into a temporary
+   directory and renamed, so a killed or concurrent run never reuses half a cache.
+3. ``column_turn_weights``: the objective's weight of each agent turn, from the ``reward``,
+   ``context_id``, ``turn_rewards`` and ``turn_mask`` columns, vectorized with numpy (equal to the pure
+   functions of ``rwft.objectives.weights``); not cached, it takes about a second for a million rows.
+
+``prepare_training_data`` chains them; ``WeightedCollator`` (``rwft.train.collate``) turns
+``turn_weights[turn_index]`` into per-token weights at batch time, so weights cannot be attached to the
+wrong sequence.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rwft.data.conversation import Conversation
-from rwft.data.encode import encode_conversation
+from rwft.data.io import iter_conversations
 from rwft.errors import RwftError
-from rwft.objectives.weights import filtered_weights, refit_weights, reward_to_go, sft_weights, swift_weights
+from rwft.objectives.weights import (
+    SIGMA_EPS,
+    filtered_weights,
+    refit_weights,
+    reward_to_go,
+    sft_weights,
+    swift_weights,
+)
 
 OBJECTIVES = ("sft", "filtered", "refit", "swift", "per-turn")
+READ_VERSION = "r1"
+ENCODE_VERSION = "e1"
+WRITE_ROWS = 8192  # conversations per Arrow record batch while reading
+SMALL_DATA = 2000  # below this many conversations, tokenize in this process
+
+__all__ = [
+    "OBJECTIVES", "EncodeStats", "build_sequences", "column_turn_weights", "data_cache_dir", "encode_dataset",
+    "iter_conversations", "prepare_training_data", "read_dataset", "tokenizer_fingerprint", "turn_weights",
+]
+
+
+def data_cache_dir() -> Path:
+    """``$RWFT_CACHE/data`` (default ``~/.cache/rwft/data``)."""
+    from rwft.presets import cache_dir
+
+    return cache_dir() / "data"
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()),
+        ("context_id", pa.string()),
+        ("reward", pa.float64()),
+        ("messages", pa.large_string()),  # JSON: the checked messages
+        ("tools", pa.string()),  # JSON or null
+        ("metadata", pa.string()),  # JSON
+        ("turn_rewards", pa.list_(pa.float64())),  # Conversation.turn_rewards: one per agent turn
+        ("turn_mask", pa.list_(pa.float64())),  # 0 for an agent message with weight 0, else 1
+        ("has_turn_rewards", pa.bool_()),  # some message carries its own reward
+    ])
+
+
+def _source_stamp(path: Path) -> list:
+    if path.is_dir():
+        return sorted(
+            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in path.rglob("*") if f.is_file()
+        )
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _row(conv: Conversation, agent_role: str) -> tuple:
+    turns = conv.agent_turns(agent_role)
+    tools = getattr(conv, "tools", None)
+    return (
+        conv.id,
+        conv.context_id,
+        conv.reward,
+        json.dumps(conv.messages, ensure_ascii=False),
+        None if tools is None else json.dumps(tools, ensure_ascii=False),
+        json.dumps(conv.metadata, ensure_ascii=False),
+        conv.turn_rewards(agent_role),
+        [0.0 if conv.messages[i].get("weight", 1) == 0 else 1.0 for i in turns],
+        any("reward" in m for m in conv.messages),
+    )
+
+
+def _write_arrow(path: Path, convs: Iterable[Conversation], agent_role: str) -> int:
+    import pyarrow as pa
+
+    schema = _schema()
+    n = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        buf: list[tuple] = []
+
+        def flush() -> None:
+            cols = list(zip(*buf, strict=True))
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array(c, type=f.type) for c, f in zip(cols, schema, strict=True)], schema=schema))
+            buf.clear()
+
+        for conv in convs:
+            buf.append(_row(conv, agent_role))
+            n += 1
+            if len(buf) >= WRITE_ROWS:
+                flush()
+        if buf:
+            flush()
+    return n
+
+
+def _atomic_file(target: Path, write) -> None:
+    """Run ``write(tmp)`` on a temporary file next to ``target`` and rename it into place on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_dataset(path: str | Path, agent_role: str = "assistant", require_reward: bool = True):
+    """The checked conversations of a JSONL / Parquet file or a datasets directory as a memory-mapped
+    ``datasets.Dataset`` (columns id, context_id, reward, messages, tools, metadata as JSON strings, plus
+    turn_rewards, turn_mask and has_turn_rewards). Streams; cached; RwftError (``file:line: field ...``)
+    at the first bad record, leaving no cache file."""
+    import datasets
+    from datasets.table import MemoryMappedTable
+
+    p = Path(path).resolve()
+    if not p.exists():
+        raise RwftError(f"{path}: no such file or directory")
+    key = _digest(READ_VERSION, str(p), _source_stamp(p), agent_role, require_reward)
+    target = data_cache_dir() / f"conversations-{key}.arrow"
+    if not target.exists():
+        count = []
+
+        def write(tmp: Path) -> None:
+            count.append(_write_arrow(tmp, iter_conversations(path, agent_role, require_reward), agent_role))
+
+        _atomic_file(target, write)
+    return datasets.Dataset(MemoryMappedTable.from_file(str(target)), fingerprint=key)
+
+
+# ------------------------------------------------------------------------------------------------ weights
 
 
 def turn_weights(
@@ -25,11 +185,17 @@ def turn_weights(
     threshold: float | None = None,
     gamma: float = 1.0,
 ) -> list[list[float]]:
-    """One weight per agent turn of each conversation, by the objective (see ``rwft.objectives.weights``)."""
+    """One weight per agent turn of each conversation, by the pure functions of ``rwft.objectives.weights``
+    (the reference the columnar ``column_turn_weights`` is tested against; fine for small lists)."""
     try:
-        return _turn_weights(convs, objective, agent_role, top_k, threshold, gamma)
+        out = _turn_weights(convs, objective, agent_role, top_k, threshold, gamma)
     except ValueError as e:  # the objectives' own checks (negative refit rewards, ...)
         raise RwftError(str(e)) from None
+    for c, w in zip(convs, out, strict=True):
+        for k, i in enumerate(c.agent_turns(agent_role)):
+            if c.messages[i].get("weight", 1) == 0:
+                w[k] = 0.0
+    return out
 
 
 def _turn_weights(convs, objective, agent_role, top_k, threshold, gamma) -> list[list[float]]:
@@ -50,6 +216,287 @@ def _turn_weights(convs, objective, agent_role, top_k, threshold, gamma) -> list
     return [[wi] * len(c.agent_turns(agent_role)) for c, wi in zip(convs, w, strict=True)]
 
 
+def _list_parts(column) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, flat float64 values) of a list column (ChunkedArray or Array)."""
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    return offsets - offsets[0], values
+
+
+def _group_codes(context_ids) -> np.ndarray:
+    """Context codes 0.. in order of first appearance."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = context_ids.combine_chunks() if isinstance(context_ids, pa.ChunkedArray) else pa.array(context_ids)
+    return pc.dictionary_encode(arr).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def swift_columns(rewards: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``swift_weights`` vectorized: (r - context mean) / context population std; 0 for a single-sample or
+    all-equal context."""
+    ng = int(groups.max()) + 1 if len(groups) else 0
+    cnt = np.bincount(groups, minlength=ng).astype(np.float64)
+    mu = np.bincount(groups, weights=rewards, minlength=ng) / np.maximum(cnt, 1)
+    d = rewards - mu[groups]
+    sigma = np.sqrt(np.bincount(groups, weights=d * d, minlength=ng) / np.maximum(cnt, 1))
+    ok = (cnt >= 2) & (sigma >= SIGMA_EPS)
+    return np.where(ok[groups], d / np.where(ok, sigma, 1.0)[groups], 0.0)
+
+
+def filtered_columns(rewards: np.ndarray, groups: np.ndarray, top_k: int = 1, threshold: float | None = None
+                     ) -> np.ndarray:
+    """``filtered_weights`` vectorized: 1 for r >= threshold, else for the top_k of each context (ties: the
+    earlier sample wins)."""
+    if threshold is not None:
+        return (rewards >= threshold).astype(np.float64)
+    if top_k < 1:
+        filtered_weights([], [], top_k=top_k)  # raises the pure function's ValueError
+    n = len(rewards)
+    order = np.lexsort((np.arange(n), -rewards, groups))
+    ng = int(groups.max()) + 1 if n else 0
+    starts = np.concatenate([[0], np.cumsum(np.bincount(groups, minlength=ng))[:-1]]).astype(np.int64)
+    rank = np.arange(n) - starts[groups[order]]
+    w = np.zeros(n)
+    w[order[rank < top_k]] = 1.0
+    return w
+
+
+def reward_to_go_columns(offsets: np.ndarray, rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """``reward_to_go`` of every row at once: ``rewards`` flat, row i at ``offsets[i]:offsets[i + 1]``."""
+    total = len(rewards)
+    lengths = np.diff(offsets)
+    from_end = np.repeat(offsets[1:], lengths) - 1 - np.arange(total)  # 0 for each row's last turn
+    order = np.argsort(from_end, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(from_end, minlength=1))]) if total else np.zeros(1, int)
+    out = np.zeros(total)
+    for k in range(len(bounds) - 1):
+        idx = order[bounds[k]:bounds[k + 1]]
+        nxt = out[idx + 1] if k > 0 else 0.0
+        out[idx] = rewards[idx] + gamma * nxt
+    return out
+
+
+def column_turn_weights(
+    ds,
+    objective: str,
+    top_k: int = 1,
+    threshold: float | None = None,
+    gamma: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The weight of every agent turn of every row of a ``read_dataset`` dataset, from its columns only:
+    ``(offsets, values)``, row i's turns at ``values[offsets[i]:offsets[i + 1]]``. An agent message with
+    ``weight: 0`` weighs 0."""
+    table = ds.with_format("arrow")[:] if ds._indices is not None else ds.data.table
+    offsets, mask = _list_parts(table.column("turn_mask"))
+    lengths = np.diff(offsets)
+    if objective == "per-turn":
+        _, turn_rewards = _list_parts(table.column("turn_rewards"))
+        values = reward_to_go_columns(offsets, turn_rewards, gamma)
+    else:
+        if objective not in OBJECTIVES:
+            raise RwftError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+        rewards = table.column("reward").to_numpy(zero_copy_only=False).astype(np.float64)
+        if objective == "sft":
+            w = np.ones(len(rewards))
+        elif objective == "refit":
+            bad = rewards[rewards < 0]
+            if len(bad):
+                try:
+                    refit_weights(bad.tolist())
+                except ValueError as e:
+                    raise RwftError(str(e)) from None
+            w = rewards
+        else:
+            groups = _group_codes(table.column("context_id"))
+            try:
+                w = swift_columns(rewards, groups) if objective == "swift" else filtered_columns(
+                    rewards, groups, top_k, threshold)
+            except ValueError as e:
+                raise RwftError(str(e)) from None
+        values = np.repeat(w, lengths)
+    return offsets, values * mask
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def _encoder():
+    """``encode_conversation(tokenizer, messages, max_length, agent_role, tools) -> Encoded | None`` with
+    ``input_ids``, ``turn_index`` and ``truncated``; adapts the older (conversation, turn_weights) form."""
+    from rwft.data import encode as E
+
+    params = inspect.signature(E.encode_conversation).parameters
+    if "turn_weights" not in params:
+        return E.encode_conversation
+
+    def adapted(tokenizer, messages, max_length, agent_role="assistant", tools=None):
+        conv = Conversation(messages, None, "", "")
+        n = len(conv.agent_turns(agent_role))
+        enc = E.encode_conversation(tokenizer, conv, [float(k + 1) for k in range(n)], max_length, agent_role)
+        if enc is None:
+            return None
+        ti = [int(w) - 1 if m else -1 for m, w in zip(enc.agent_mask, enc.token_weights, strict=True)]
+        return _Encoded(enc.input_ids, ti, enc.truncated)
+
+    return adapted
+
+
+@dataclass
+class _Encoded:
+    input_ids: list[int]
+    turn_index: list[int]
+    truncated: bool
+
+
+def _encoder_source_hash() -> str:
+    from rwft.data import encode as E
+
+    return hashlib.sha256(Path(E.__file__).read_bytes()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable hash of what tokenization depends on: vocab and merges (the fast tokenizer's JSON), the chat
+    template, the special tokens and the class; not dill's hash of the object (slow and unstable)."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    h.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, agent_role: str) -> dict[str, list]:
+    encode = _encoder()
+    out: dict[str, list] = {k: [] for k in
+                            ("input_ids", "turn_index", "length", "agent_tokens", "turn_tokens", "truncated",
+                             "too_long")}
+    for m_json, t_json in zip(batch["messages"], batch["tools"], strict=True):
+        messages = json.loads(m_json)
+        tools = json.loads(t_json) if t_json is not None else None
+        n_turns = sum(1 for m in messages if m["role"] == agent_role)
+        enc = encode(tokenizer, messages, max_length, agent_role, tools)
+        if enc is None:
+            ids, ti, truncated, too_long = [], [], False, True
+            turn_tokens = [0] * n_turns
+        else:
+            ids, ti, truncated, too_long = enc.input_ids, enc.turn_index, bool(enc.truncated), False
+            t = np.asarray(ti, dtype=np.int64)
+            turn_tokens = np.bincount(t[t >= 0], minlength=n_turns).tolist()
+        out["input_ids"].append(ids)
+        out["turn_index"].append(ti)
+        out["length"].append(len(ids))
+        out["agent_tokens"].append(int(sum(turn_tokens)))
+        out["turn_tokens"].append(turn_tokens)
+        out["truncated"].append(truncated)
+        out["too_long"].append(too_long)
+    return out
+
+
+def _encoded_features():
+    import datasets
+
+    return datasets.Features({
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "turn_index": datasets.List(datasets.Value("int32")),
+        "length": datasets.Value("int32"),
+        "agent_tokens": datasets.Value("int32"),
+        "turn_tokens": datasets.List(datasets.Value("int32")),
+        "truncated": datasets.Value("bool"),
+        "too_long": datasets.Value("bool"),
+    })
+
+
+def _load_encoded(directory: Path, fingerprint: str):
+    import datasets
+
+    files = sorted(directory.glob("*.arrow"))
+    parts = [datasets.Dataset.from_file(str(f)) for f in files]
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    ds._fingerprint = fingerprint
+    return ds
+
+
+def default_num_proc(rows: int) -> int:
+    """min(cores, 4) for large data, 1 below ``SMALL_DATA`` rows (starting workers costs seconds)."""
+    if rows < SMALL_DATA:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant", num_proc: int | None = None):
+    """Tokenize every row of a ``read_dataset`` dataset with the chat template, in ``num_proc`` processes.
+
+    Returns a dataset aligned row for row with ``ds``: ``input_ids``, ``turn_index`` (per token: the agent
+    turn, counted over the original conversation's agent messages, or -1), ``length``, ``agent_tokens``,
+    ``turn_tokens`` (tokens of each agent turn; 0 for a turn truncation dropped), ``truncated`` and
+    ``too_long`` (empty ``input_ids``; the caller drops these rows after counting them). Independent of the
+    objective; cached under ``$RWFT_CACHE/data/encoded-<key>/`` (see the module docstring), written into a
+    temporary directory renamed on success, so concurrent or killed runs never see half of it.
+    """
+    key = _digest(ENCODE_VERSION, ds._fingerprint, tokenizer_fingerprint(tokenizer), max_length, agent_role,
+                  _encoder_source_hash(), _versions())
+    target = data_cache_dir() / f"encoded-{key}"
+    if (target / "done.json").exists():
+        return _load_encoded(target, key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".encoded-{key}.", dir=target.parent))
+    import datasets
+
+    quiet = len(ds) < SMALL_DATA and datasets.utils.logging.is_progress_bar_enabled()
+    try:
+        if quiet:
+            datasets.disable_progress_bars()
+        nproc = num_proc or default_num_proc(len(ds))
+        nproc = max(1, min(nproc, len(ds)))
+        ds.select_columns(["messages", "tools"]).map(
+            _encode_batch,
+            batched=True,
+            batch_size=256,
+            writer_batch_size=1000,
+            num_proc=nproc if nproc > 1 else None,
+            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "agent_role": agent_role},
+            remove_columns=["messages", "tools"],
+            features=_encoded_features(),
+            cache_file_name=str(tmp / "encoded.arrow"),
+            new_fingerprint=key,
+            load_from_cache_file=False,
+            desc="rwft: tokenizing",
+        )
+        (tmp / "done.json").write_text(json.dumps({"rows": len(ds), "max_length": max_length}))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+    return _load_encoded(target, key)
+
+
+def _versions() -> list[str]:
+    import tokenizers
+    import transformers
+
+    return [tokenizers.__version__, transformers.__version__]
+
+
+# ------------------------------------------------------------------------------------------ training data
+
+
 @dataclass
 class EncodeStats:
     """What happened to the conversations on their way to training sequences."""
@@ -57,32 +504,99 @@ class EncodeStats:
     conversations: int = 0
     kept: int = 0
     zero_weight: int = 0  # every agent token weighs 0 (filtered out, or no contrast for swift)
-    truncated: int = 0  # oldest exchanges dropped to fit max_length
+    truncated: int = 0  # oldest exchanges dropped to fit max_length (among the kept)
     too_long: int = 0  # the task plus the last agent turn alone exceed max_length
-    agent_tokens: int = 0
+    agent_tokens: int = 0  # tokens that carry a non-zero weight (the ones with labels)
     tokens: int = 0
-    dropped_ids: list[str] = field(default_factory=list)
+    dropped_ids: list[str] = field(default_factory=list)  # the too-long ones
+
+
+def prepare_training_data(
+    path: str | Path,
+    tokenizer,
+    *,
+    objective: str,
+    agent_role: str = "assistant",
+    max_length: int = 1024,
+    top_k: int = 1,
+    threshold: float | None = None,
+    gamma: float = 1.0,
+    num_proc: int | None = None,
+):
+    """Read (cached), tokenize (cached, objective-independent) and weight a data file for training.
+
+    Returns ``(dataset, stats)``: the dataset holds the kept rows only, with ``input_ids``, ``turn_index``,
+    ``turn_weights`` (one per agent turn of the original conversation) and ``length``, formatted as numpy;
+    ``stats`` counts conversations, kept, zero_weight, truncated, too_long, agent_tokens and tokens.
+    Raises RwftError before anything is written to the user's output when a record is bad or nothing is left.
+    """
+    import pyarrow as pa
+
+    if objective not in OBJECTIVES:
+        raise RwftError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    raw = read_dataset(path, agent_role, require_reward=True)
+    offsets, values = column_turn_weights(raw, objective, top_k, threshold, gamma)
+    enc = encode_dataset(raw, tokenizer, max_length, agent_role, num_proc)
+    cols = enc.with_format("arrow").select_columns(["length", "truncated", "too_long", "turn_tokens"])[:]
+    length = cols.column("length").to_numpy().astype(np.int64)
+    truncated = cols.column("truncated").to_numpy(zero_copy_only=False)
+    too_long = cols.column("too_long").to_numpy(zero_copy_only=False)
+    tt_offsets, turn_tokens = _list_parts(cols.column("turn_tokens"))
+    if not np.array_equal(tt_offsets, offsets):
+        raise RwftError("internal: the encoder's agent turns disagree with the conversation's")
+    rows = np.repeat(np.arange(len(raw)), np.diff(offsets))
+    weighted = np.bincount(rows, weights=turn_tokens * (values != 0), minlength=len(raw)).astype(np.int64)
+    any_weight = np.bincount(rows, weights=(values != 0), minlength=len(raw)) > 0
+    zero = ~any_weight | (~too_long & (weighted == 0))  # no weight, or truncation removed every weighted token
+    long_ = too_long & ~zero
+    kept = ~zero & ~too_long
+    stats = EncodeStats(
+        conversations=len(raw), kept=int(kept.sum()), zero_weight=int(zero.sum()), too_long=int(long_.sum()),
+        truncated=int((truncated & kept).sum()), agent_tokens=int(weighted[kept].sum()),
+        tokens=int(length[kept].sum()),
+    )
+    if long_.any():
+        stats.dropped_ids = raw.select(np.nonzero(long_)[0])["id"][:]
+    if not stats.kept:
+        raise RwftError(
+            f"{path}: no conversation carries a non-zero weight under --objective {objective} "
+            f"({stats.zero_weight} of {stats.conversations} weigh 0, {stats.too_long} too long); "
+            "for swift, contexts need two or more samples with different rewards"
+        )
+    weights = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.float32()))
+    out = enc.select_columns(["input_ids", "turn_index", "length"]).add_column(
+        "turn_weights", weights, new_fingerprint=_digest(enc._fingerprint, objective, top_k, threshold, gamma))
+    if not kept.all():
+        out = out.select(np.nonzero(kept)[0])
+    return out.with_format("numpy"), stats
 
 
 def build_sequences(
     tokenizer, convs: list[Conversation], weights: list[list[float]], max_length: int, agent_role: str
 ) -> tuple[list[dict[str, Any]], EncodeStats]:
-    """Tokenize every conversation with its token weights; drop those with no weight or that cannot fit."""
+    """In-memory variant for small lists of conversations: rows with ``input_ids``, ``turn_index``,
+    ``turn_weights`` and ``length``; those with no weight or that cannot fit are dropped (counted)."""
+    encode = _encoder()
     stats = EncodeStats(conversations=len(convs))
     rows = []
     for conv, w in zip(convs, weights, strict=True):
         if all(x == 0 for x in w):
             stats.zero_weight += 1
             continue
-        enc = encode_conversation(tokenizer, conv, w, max_length, agent_role)
+        enc = encode(tokenizer, conv.messages, max_length, agent_role, getattr(conv, "tools", None))
         if enc is None:
             stats.too_long += 1
             stats.dropped_ids.append(conv.id)
             continue
+        ti = np.asarray(enc.turn_index, dtype=np.int64)
+        weighted = int(sum(1 for t in ti if t >= 0 and w[t] != 0))
+        if not weighted:
+            stats.zero_weight += 1
+            continue
         stats.truncated += enc.truncated
         stats.kept += 1
-        stats.agent_tokens += sum(enc.agent_mask)
+        stats.agent_tokens += weighted
         stats.tokens += len(enc.input_ids)
-        labels = [t if m else -100 for t, m in zip(enc.input_ids, enc.agent_mask, strict=True)]
-        rows.append({"input_ids": enc.input_ids, "labels": labels, "token_weights": enc.token_weights})
+        rows.append({"input_ids": list(enc.input_ids), "turn_index": ti.tolist(), "turn_weights": list(w),
+                     "length": len(enc.input_ids)})
     return rows, stats

@@ -50,15 +50,21 @@ def _read_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
             yield where, obj
 
 
+BATCH_ROWS = 4096  # rows per Arrow batch read from Parquet / datasets directories: memory stays flat
+
+
 def _read_parquet(p: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(p)
+        pf = pq.ParquetFile(p)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise RwftError(f"{p}: not a readable Parquet file ({e})") from None
-    for n, row in enumerate(table.to_pylist()):
-        yield f"{p}:row {n}", row
+    n = 0
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+        for row in batch.to_pylist():
+            yield f"{p}:row {n}", row
+            n += 1
 
 
 def _read_dataset_dir(p: Path) -> Iterator[tuple[str, Any]]:
@@ -72,21 +78,31 @@ def _read_dataset_dir(p: Path) -> Iterator[tuple[str, Any]]:
         if "train" not in ds:
             raise RwftError(f"{p}: a DatasetDict without a 'train' split (has {list(ds)})")
         ds = ds["train"]
-    for n, row in enumerate(ds):
-        yield f"{p}:row {n}", row
+    n = 0
+    for batch in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
+        for row in batch.to_pylist():
+            yield f"{p}:row {n}", row
+            n += 1
+
+
+def iter_conversations(
+    path: str | Path, agent_role: str = "assistant", require_reward: bool = True
+) -> Iterator[Conversation]:
+    """Stream the checked conversations of a file, one at a time (RwftError at the first bad record)."""
+    empty = True
+    for i, (where, obj) in enumerate(read_records(path)):
+        empty = False
+        yield parse_conversation(obj, where, i, agent_role, require_reward)
+    if empty:
+        raise RwftError(f"{path}: no conversations (the file is empty)")
 
 
 def load_conversations(
     path: str | Path, agent_role: str = "assistant", require_reward: bool = True
 ) -> list[Conversation]:
-    """Read and check every conversation of a file; raise RwftError at the first bad record."""
-    out = [
-        parse_conversation(obj, where, i, agent_role, require_reward)
-        for i, (where, obj) in enumerate(read_records(path))
-    ]
-    if not out:
-        raise RwftError(f"{path}: no conversations (the file is empty)")
-    return out
+    """Read and check every conversation of a file into a list (small files; large ones: ``iter_conversations``
+    or ``rwft.data.dataset.read_dataset``); raise RwftError at the first bad record."""
+    return list(iter_conversations(path, agent_role, require_reward))
 
 
 def count_complete_lines(path: str | Path) -> int:
