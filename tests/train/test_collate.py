@@ -89,3 +89,12 @@ def test_length_grouped_sampler_is_fast_on_a_million_rows():
     assert np.array_equal(np.sort(order), np.arange(1_000_000))
     spread = lengths[order[: 999_992].reshape(-1, 8)]
     assert np.mean(spread.max(1) - spread.min(1)) < 40  # batches hold similar lengths (random: about 700)
+
+
+def test_sampler_reads_a_dataset_column_at_once():
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"length": np.arange(100), "x": [[1]] * 100}).with_format("numpy")
+    ds = ds.select(np.arange(0, 100, 3))
+    s = LengthGroupedSampler(ds["length"], 4)
+    assert s.lengths.tolist() == list(range(0, 100, 3))
