@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from conftest import sample_records
@@ -136,6 +138,19 @@ def test_turn_tokens_decode_to_exactly_the_agent_messages(kind):
         assert len(enc.turn_index) == len(enc.input_ids) and not enc.truncated
         assert _turn_texts(tok, enc) == {k: a + _eot(kind) for k, a in enumerate(agent)}
         assert agent_mask(enc) == [k >= 0 for k in enc.turn_index]
+        # the ids are the template's own rendering (apply_chat_template), tokenized once
+        text = tok.apply_chat_template(messages, tokenize=False)
+        assert enc.input_ids == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_null_keys_as_arrow_writes_them_change_nothing():
+    tok = _tokenizer("qwen-tools")
+    keys = ("tool_calls", "tool_call_id", "name", "weight", "reward")
+    filled = [{**{k: None for k in keys}, **m} for m in copy.deepcopy(TOOL_CONV)]
+    for m in filled:
+        for call in m["tool_calls"] or []:
+            call.setdefault("id", None)
+    assert encode_conversation(tok, filled, BIG, tools=TOOLS) == encode_conversation(tok, TOOL_CONV, BIG, tools=TOOLS)
 
 
 @pytest.mark.parametrize("kind", [*KINDS, "strict", "no-gen"])

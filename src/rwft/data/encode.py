@@ -144,8 +144,8 @@ def _renderer(tokenizer, tools: list[dict] | None, probe: list[dict]):
     if key not in _FAST_OK:
         try:
             _FAST_OK[key] = all(fast(probe, g) == slow(probe, g) for g in (False, True))
-        except Exception:  # noqa: BLE001
-            _FAST_OK[key] = False
+        except Exception:  # noqa: BLE001 - this conversation cannot tell: check on the next one
+            return slow
     return fast if _FAST_OK[key] else slow
 
 
@@ -189,14 +189,14 @@ def _prepare(tokenizer, messages: list[dict], agent_role: str, tools: list[dict]
         calls = m.get("tool_calls") or []
         if calls and native:
             msg["tool_calls"] = [
-                {"type": "function", "function": _function(c), **({"id": c["id"]} if "id" in c else {})}
+                {"type": "function", "function": _function(c), **({"id": c["id"]} if c.get("id") is not None else {})}
                 for c in calls
             ]
         elif calls:
             text = tool_calls_text(calls)
             msg["content"] = msg["content"] + "\n" + text if msg["content"] else text
         if role == "tool":
-            msg.update({key: m[key] for key in ("tool_call_id", "name") if key in m})
+            msg.update({key: m[key] for key in ("tool_call_id", "name") if m.get(key) is not None})
         out.append(msg)
         if role == agent_role:
             if m.get("weight", 1) == 0:
