@@ -47,3 +47,103 @@ def _can_save_bin() -> bool:
     from transformers import PreTrainedModel
 
     return "safe_serialization" in inspect.signature(PreTrainedModel.save_pretrained).parameters
+
+
+# --- missing / unreadable models: one-line errors, no traceback, no output, no network ----------------------
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """No probe of the hub and no download: as if offline (the tests never touch the network)."""
+    import rwft.presets
+
+    monkeypatch.setattr(rwft.presets, "_HUB_REACHABLE", False, raising=False)
+
+
+def _bad_paths(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    afile = tmp_path / "weights.bin"
+    afile.write_text("x")
+    return {"absent": str(tmp_path / "no" / "such"), "relative": "./no/such/model-dir", "home": "~/no-such-rwft-dir",
+            "empty": str(empty), "file": str(afile)}
+
+
+@pytest.mark.parametrize("kind", ["absent", "relative", "home", "empty", "file"])
+@pytest.mark.parametrize("loader", [load_model, load_tokenizer])
+def test_missing_or_empty_model_directory_is_a_one_line_error(tmp_path, hub_unreachable, kind, loader):
+    path = _bad_paths(tmp_path)[kind]
+    with pytest.raises(RwftError) as info:
+        loader(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: no such model directory") and "\n" not in msg
+
+
+@pytest.mark.parametrize("name", ["nobody-rwft/no-such-model", "tinyy"])
+@pytest.mark.parametrize("loader", [load_model, load_tokenizer])
+def test_uncached_hub_id_offline_is_a_one_line_error(tmp_path, monkeypatch, hub_unreachable, name, loader):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(RwftError) as info:
+        loader(name)
+    msg = str(info.value)
+    assert msg.startswith(f"{name}: neither a preset (tiny, smollm2-135m), a local directory nor a cached hub model")
+    assert "\n" not in msg
+
+
+def test_cached_hub_id_loads_offline(tmp_path, monkeypatch, hub_unreachable):
+    import shutil
+
+    import huggingface_hub.constants
+
+    sha = "0" * 40
+    repo = tmp_path / "hub" / "models--rwft-test--tiny"
+    shutil.copytree(resolve_model("tiny"), repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert load_tokenizer("rwft-test/tiny").eos_token == "<|im_end|>"
+    assert 1e6 < sum(p.numel() for p in load_model("rwft-test/tiny").parameters()) < 1e7
+
+
+@pytest.mark.parametrize("verb", ["eval", "collect"])
+@pytest.mark.parametrize("kind", ["absent", "empty", "hub"])
+def test_cli_bad_policy_is_one_line_and_leaves_no_output(tmp_path, capsys, hub_unreachable, verb, kind):
+    from rwft.cli import main
+
+    policy = "nobody-rwft/no-such-model" if kind == "hub" else _bad_paths(tmp_path)[kind]
+    out = tmp_path / "out"
+    target = ["--output", str(out)] if verb == "eval" else ["--out", str(out / "logs.jsonl")]
+    assert main([verb, "--policy", policy, "--env", "mcqa", *target]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"rwft {verb}: error: {policy}: ")
+    assert not out.exists()
+
+
+# --- quiet loading ----------------------------------------------------------------------------------------------
+
+
+def test_load_model_shows_no_progress_bar_and_restores_the_setting(capfd):
+    from transformers.utils import logging as hf_logging
+
+    resolve_model("tiny")
+    capfd.readouterr()
+    assert hf_logging.is_progress_bar_enabled()
+    load_model("tiny")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # scoped: the global setting is back
+    from rwft.presets import quiet_hf
+
+    with pytest.raises(RuntimeError), quiet_hf():
+        assert not hf_logging.is_progress_bar_enabled()
+        raise RuntimeError
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with quiet_hf():
+            pass
+        assert not hf_logging.is_progress_bar_enabled()  # off before, off after
+    finally:
+        hf_logging.enable_progress_bar()

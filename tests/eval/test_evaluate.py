@@ -37,3 +37,24 @@ def test_eval_scripted_policies_on_mcqa(tmp_path):
     assert saved["metrics"]["reward"]["mean"] == 1.0
     assert (tmp_path / "good" / "episodes-s1.jsonl").read_text().count("\n") == 6
     assert len((tmp_path / "good" / "samples.jsonl").read_text().splitlines()) == 6  # 3 per seed
+
+
+@pytest.mark.parametrize("kw", [dict(policy="/no/such/model-dir"), dict(ppl_model="/no/such/model-dir"),
+                                dict(judge="rubric", judge_model="/no/such/model-dir"), dict(env_args=["nope=1"])])
+def test_bad_inputs_leave_no_output_directory(tmp_path, kw):
+    from rwft.errors import RwftError
+
+    cfg = dict(policy="scripted:1", env="mcqa", output=str(tmp_path / "out"), episodes=2, seeds=[1])
+    with pytest.raises(RwftError):
+        run_eval(EvalConfig(**{**cfg, **kw}))
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_progress_bar_and_quiet_prints_nothing(tmp_path, capfd):
+    cfg = dict(policy="scripted:1", env="mcqa", episodes=3, seeds=[1, 2], env_args=["source=arithmetic"])
+    run_eval(EvalConfig(output=str(tmp_path / "a"), **cfg))
+    out, err = capfd.readouterr()
+    assert out.startswith("rwft eval: scripted:1 on mcqa") and len(out.splitlines()) == 1
+    assert "eval mcqa" in err and "collect" not in err and "6/6" in err  # one bar over both seeds
+    run_eval(EvalConfig(output=str(tmp_path / "b"), quiet=True, **cfg))
+    assert capfd.readouterr() == ("", "")

@@ -71,6 +71,29 @@ def test_bad_arguments(tmp_path, kw, match):
         collect(tmp_path, **kw)
 
 
+@pytest.mark.parametrize("kw", [dict(policy="scripted:2"), dict(policy=None), dict(judge="rubric", judge_model=None)])
+def test_inputs_load_before_the_output_is_touched(tmp_path, kw):
+    """A policy or judge model that fails to load leaves no directory, and --overwrite deletes nothing."""
+    bad = str(tmp_path / "no" / "such-model")
+    kw = {k: bad if v is None else v for k, v in kw.items()}
+    with pytest.raises(RwftError):
+        collect(tmp_path, "sub/dir/out.jsonl", **kw)
+    assert not (tmp_path / "sub").exists()
+    first = collect(tmp_path, "keep.jsonl")
+    with pytest.raises(RwftError):
+        collect(tmp_path, "keep.jsonl", overwrite=True, **kw)
+    assert [json.loads(x) for x in open(tmp_path / "keep.jsonl")] == first
+    assert (tmp_path / "keep.jsonl.args.json").exists()
+
+
+def test_quiet_prints_nothing(tmp_path, capfd):
+    collect(tmp_path, progress=True, quiet=True)
+    collect(tmp_path, progress=True, quiet=True)  # the rerun's "already holds" message too
+    assert capfd.readouterr() == ("", "")
+    collect(tmp_path, "loud.jsonl", progress=True)
+    assert "collect mcqa" in capfd.readouterr().err  # a standalone collect keeps its bar
+
+
 def test_rerun_of_complete_file_is_a_no_op(tmp_path):
     first = collect(tmp_path)
     mtime = os.path.getmtime(tmp_path / "out.jsonl")

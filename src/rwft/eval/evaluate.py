@@ -62,8 +62,10 @@ class EvalConfig:
     """Report MiniLM similarity to reference explanations when tasks carry them."""
     samples: int = 3
     """Sample conversations kept per seed for reports."""
-    progress: bool = False
-    """Show progress bars."""
+    progress: bool = True
+    """Show a progress bar (one, over all seeds' episodes)."""
+    quiet: bool = False
+    """Print nothing (no progress bar, no summary line); for callers such as rwft compare."""
 
 
 def outcome_values(records: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -105,7 +107,8 @@ def flat(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: (v["mean"] if isinstance(v, dict) else float(v)) for k, v in metrics.items()}
 
 
-def collect_seed(config: EvalConfig, seed: int, out: Path) -> list[dict[str, Any]]:
+def collect_seed(config: EvalConfig, seed: int, out: Path, policy: Any = None, judge_backend: Any = None,
+                 bar: Any = None) -> list[dict[str, Any]]:
     """The episodes of one evaluation seed (played by rwft collect, resumed if already there)."""
     from rwft.data.io import load_conversations
     from rwft.rollout.collect import CollectConfig, run_collect
@@ -115,23 +118,50 @@ def collect_seed(config: EvalConfig, seed: int, out: Path) -> list[dict[str, Any
         env=config.env, out=str(path), policy=config.policy, contexts=config.episodes, samples_per_context=1,
         temperatures=[config.temperature], seed=seed, env_args=list(config.env_args), judge=config.judge,
         judge_model=config.judge_model, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-        progress=config.progress,
-    ))
+        progress=config.progress and not config.quiet, quiet=config.quiet,
+    ), policy=policy, judge_backend=judge_backend, bar=bar)
     return [c.to_record() for c in load_conversations(path, require_reward=False)]
 
 
-def run_eval(config: EvalConfig) -> dict[str, Any]:
-    """Evaluate as configured; writes OUTPUT/metrics.json and returns its content."""
+def load_inputs(config: EvalConfig) -> tuple[Any, Any, Any]:
+    """Check the options and load the policy, the rubric judge's model and the perplexity model, before anything
+    is written: ``(policy, judge_backend or None, (model, tokenizer) or None)``."""
+    from rwft.rollout.envs.base import make_env
+    from rwft.rollout.judges import parse_spec
+    from rwft.rollout.policies import make_policy
+
     if config.episodes < 1 or not config.seeds:
         raise RwftError("--episodes must be positive and --seeds non-empty")
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    per_seed = {s: collect_seed(config, s, out) for s in config.seeds}
+    if config.batch_size < 1 or config.max_new_tokens < 1:
+        raise RwftError("--batch-size and --max-new-tokens must be positive integers")
+    env = make_env(config.env, config.env_args)
+    judge_backend = None
+    if any(kind == "rubric" for kind, _, _ in parse_spec(config.judge)):
+        if not config.judge_model:
+            raise RwftError(f"--judge {config.judge}: the rubric judge needs --judge-model")
+        judge_backend = make_policy(config.judge_model, None, 64)
+    policy = make_policy(config.policy, env, config.max_new_tokens)
     ppl = None
     if config.ppl_model:
         from rwft.presets import load_model, load_tokenizer
 
         ppl = (load_model(config.ppl_model).eval(), load_tokenizer(config.ppl_model))
+    return policy, judge_backend, ppl
+
+
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate as configured; writes OUTPUT/metrics.json and returns its content.
+
+    The environment, the policy and the other models load first: a bad option or model leaves no OUTPUT."""
+    from tqdm.auto import tqdm
+
+    policy, judge_backend, ppl = load_inputs(config)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=config.episodes * len(config.seeds), desc=f"eval {config.env}", unit="ep",
+               disable=config.quiet or not config.progress)
+    with bar:
+        per_seed = {s: collect_seed(config, s, out, policy, judge_backend, bar) for s in config.seeds}
     embedder = None
     if config.similarity and any("reference" in r.get("metadata", {}) for rs in per_seed.values() for r in rs):
         embedder = M.Embedder()
@@ -147,8 +177,9 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     (out / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     m = result["metrics"]
-    print(f"rwft eval: {config.policy} on {config.env}: reward {M_fmt(m['reward'])} over {len(pooled)} episodes; "
-          f"wrote {out / 'metrics.json'}")
+    if not config.quiet:
+        print(f"rwft eval: {config.policy} on {config.env}: reward {M_fmt(m['reward'])} over {len(pooled)} "
+              f"episodes; wrote {out / 'metrics.json'}")
     return result
 
 

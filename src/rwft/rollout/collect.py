@@ -69,6 +69,8 @@ class CollectConfig:
     """start over: delete OUT and its sidecar first"""
     progress: bool = True
     """show a progress bar"""
+    quiet: bool = False
+    """print nothing (no progress bar, no messages); for callers such as rwft compare"""
 
     def check(self) -> None:
         for name in ("contexts", "samples_per_context", "batch_size", "max_new_tokens"):
@@ -82,17 +84,17 @@ class CollectConfig:
             raise RwftError(f"--judge-retries {self.judge_retries}: expected >= 0")
 
 
-def fingerprint(config: Any, skip: tuple[str, ...] = ("out", "overwrite", "progress")) -> dict[str, Any]:
+def fingerprint(config: Any, skip: tuple[str, ...] = ("out", "overwrite", "progress", "quiet")) -> dict[str, Any]:
     """The arguments that decide the file's content (what the sidecar stores)."""
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 
-def prepare_output(out: Path, args: dict[str, Any], overwrite: bool, verb: str) -> int:
-    """Check or write the sidecar; return the number of complete records already in ``out``."""
-    sidecar = out.with_name(out.name + ".args.json")
+def check_output(out: Path, args: dict[str, Any], overwrite: bool, verb: str) -> int:
+    """The number of complete records already in ``out`` that a run with ``args`` continues from (0 with
+    ``overwrite``); refuses a file written with other arguments. Reads only: nothing is created or deleted."""
     if overwrite:
-        out.unlink(missing_ok=True)
-        sidecar.unlink(missing_ok=True)
+        return 0
+    sidecar = out.with_name(out.name + ".args.json")
     done = count_complete_lines(out)
     if sidecar.exists():
         try:
@@ -107,7 +109,19 @@ def prepare_output(out: Path, args: dict[str, Any], overwrite: bool, verb: str) 
             )
     elif done:
         raise RwftError(f"--out {out}: already holds {done} lines not written by `rwft {verb}`; use --overwrite")
-    else:
+    return done
+
+
+def prepare_output(out: Path, args: dict[str, Any], overwrite: bool, verb: str) -> int:
+    """Check or write the sidecar; return the number of complete records already in ``out``.
+
+    Call it once the inputs have loaded: it deletes ``out`` with ``overwrite`` and creates its directory."""
+    sidecar = out.with_name(out.name + ".args.json")
+    if overwrite:
+        out.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+    done = check_output(out, args, False, verb)
+    if not sidecar.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = sidecar.with_name("." + sidecar.name + ".tmp")
         tmp.write_text(json.dumps(args, indent=1, sort_keys=True), encoding="utf-8")
@@ -166,8 +180,15 @@ def episode_records(env: Environment, judge: Judge, policy_name: str, episodes: 
     return records
 
 
-def run_collect(config: CollectConfig) -> dict[str, Any]:
-    """Collect (or finish collecting) the episodes described by ``config``; returns a summary."""
+def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any = None,
+                bar: Any = None) -> dict[str, Any]:
+    """Collect (or finish collecting) the episodes described by ``config``; returns a summary.
+
+    Everything is checked and loaded (environment, judge, policy) before ``OUT`` or its directory is
+    touched. ``policy`` (an already built policy for ``config.policy``) and ``judge_backend`` (for a rubric
+    judge) let a caller that collects several files load each model once; ``bar`` (a tqdm bar, not closed
+    here) lets it show one bar over all of them.
+    """
     from tqdm.auto import tqdm
 
     config.check()
@@ -178,19 +199,31 @@ def run_collect(config: CollectConfig) -> dict[str, Any]:
     m = config.samples_per_context
     order = [(i, j) for i in range(len(tasks)) for j in range(m)]
     out = Path(config.out)
-    done = prepare_output(out, fingerprint(config), config.overwrite, "collect")
+    args = fingerprint(config)
+    done = check_output(out, args, config.overwrite, "collect")
     total = len(order)
     summary: dict[str, Any] = {"out": str(out), "episodes": total, "resumed_from": done}
     if done >= total:
-        print(f"rwft collect: {out} already holds all {total} episodes", file=sys.stderr)
+        if bar is not None:
+            bar.update(total)
+        elif not config.quiet:
+            print(f"rwft collect: {out} already holds all {total} episodes", file=sys.stderr)
         return summary
-    policy = make_policy(config.policy, env, config.max_new_tokens, config.api_model, config.api_key_env)
+    if policy is None:
+        policy = make_policy(config.policy, env, config.max_new_tokens, config.api_model, config.api_key_env)
     judge = make_judge(config.judge, config.judge_model, config.api_model, config.api_key_env,
-                       config.judge_retries, config.seed, max_new_tokens=64)
+                       config.judge_retries, config.seed, max_new_tokens=64, backend=judge_backend)
+    done = prepare_output(out, args, config.overwrite, "collect")  # the inputs loaded: now touch OUT
+    summary["resumed_from"] = done
     temps_all = [config.temperatures[j % len(config.temperatures)] for _, j in order]
     bs = config.batch_size
     start_time = time.time()
-    bar = tqdm(total=total, initial=done, desc=f"collect {env.name}", unit="ep", disable=not config.progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=total, initial=done, desc=f"collect {env.name}", unit="ep",
+                   disable=config.quiet or not config.progress)
+    else:
+        bar.update(done)
     with JsonlAppender(out) as writer:
         for start in range((done // bs) * bs, total, bs):
             idx = list(range(start, min(start + bs, total)))
@@ -201,7 +234,8 @@ def run_collect(config: CollectConfig) -> dict[str, Any]:
             skip = max(0, done - start)
             writer.write(records[skip:])
             bar.update(len(records) - skip)
-    bar.close()
+    if own_bar:
+        bar.close()
     summary["seconds"] = time.time() - start_time
     summary["generated_tokens"] = getattr(policy, "generated_tokens", None)
     return summary

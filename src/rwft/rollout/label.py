@@ -19,7 +19,7 @@ from typing import Any
 
 from rwft.data.io import JsonlAppender, load_conversations
 from rwft.errors import RwftError
-from rwft.rollout.collect import fingerprint, prepare_output
+from rwft.rollout.collect import check_output, fingerprint, prepare_output
 from rwft.rollout.judges import JudgeItem, make_judge, parse_spec
 
 
@@ -82,12 +82,14 @@ def run_label(config: LabelConfig) -> dict[str, Any]:
     convs = load_conversations(src, config.agent_role, require_reward=False)
     args = dict(fingerprint(config), data_sha256=file_digest(src))
     out = Path(config.out)
-    done = prepare_output(out, args, config.overwrite, "label")
+    done = check_output(out, args, config.overwrite, "label")
     summary: dict[str, Any] = {"out": str(out), "conversations": len(convs), "resumed_from": done, "failures": 0}
     if done >= len(convs):
         return summary
     judge = make_judge(config.judge, config.judge_model, config.api_model, config.api_key_env,
                        config.judge_retries, config.seed, config.max_new_tokens)
+    done = prepare_output(out, args, config.overwrite, "label")  # the judge loaded: now touch OUT
+    summary["resumed_from"] = done
     bar = tqdm(total=len(convs), initial=done, desc="label", unit="conv", disable=not config.progress)
     bs = config.batch_size
     with JsonlAppender(out) as writer:
