@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,6 +455,7 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
     import datasets
 
     quiet = len(ds) < SMALL_DATA and datasets.utils.logging.is_progress_bar_enabled()
+    t0 = time.perf_counter()
     try:
         if quiet:
             datasets.disable_progress_bars()
@@ -473,7 +475,8 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
             load_from_cache_file=False,
             desc="rwft: tokenizing",
         )
-        (tmp / "done.json").write_text(json.dumps({"rows": len(ds), "max_length": max_length}))
+        (tmp / "done.json").write_text(json.dumps(  # what it took: ``bench/data_scale.py`` reads it
+            {"rows": len(ds), "max_length": max_length, "num_proc": nproc, "seconds": time.perf_counter() - t0}))
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
