@@ -189,12 +189,16 @@ def agent_nll(
     return -float(logp.sum()), len(positions)
 
 
-def perplexity(model, tokenizer, conversations: Sequence[Sequence[dict[str, Any]]], agent_role="assistant") -> float:
+def perplexity(
+    model, tokenizer, conversations: Sequence[Sequence[dict[str, Any]]], agent_role="assistant",
+    tools: Sequence[list[dict] | None] | None = None,
+) -> float:
     """Token-weighted perplexity of the agent's text: exp( sum of agent-token NLL / number of agent tokens ),
-    pooled over all conversations (long replies count in proportion to their tokens)."""
+    pooled over all conversations (long replies count in proportion to their tokens). ``tools``: each
+    conversation's tool schemas (aligned with ``conversations``), if any."""
     total, count = 0.0, 0
-    for msgs in conversations:
-        t, c = agent_nll(model, tokenizer, msgs, agent_role)
+    for i, msgs in enumerate(conversations):
+        t, c = agent_nll(model, tokenizer, msgs, agent_role, tools[i] if tools is not None else None)
         total, count = total + t, count + c
     return math.exp(total / count) if count else float("nan")
 
