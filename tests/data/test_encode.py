@@ -260,3 +260,36 @@ def test_truncation_drops_oldest_exchanges_keeps_the_task_and_the_turn_numbers(k
             assert messages[0]["content"] in text  # the task is kept
     # far too short for the task plus the last agent turn: dropped
     assert encode_conversation(tok, sample_records(1)[0]["messages"], max_length=20) is None
+
+
+class _PositionModel:
+    """A fake LM under which -log p(token j) = j / 1000: agent_nll's total tells which positions it scored."""
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def __call__(self, input_ids):
+        import math
+
+        import torch
+
+        ids = input_ids[0].tolist()
+        logits = torch.full((len(ids), self.vocab), -1e4)
+        for j in range(1, len(ids)):
+            logits[j - 1, ids[j]] = 0.0
+            logits[j - 1, (ids[j] + 1) % self.vocab] = math.log(math.expm1(j / 1000))
+        return type("Out", (), {"logits": logits[None]})()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_perplexity_scores_exactly_the_tokens_with_a_turn_index(kind):
+    from rwft.eval.metrics import agent_nll
+
+    tok = _tokenizer(kind)
+    messages = [dict(m) for m in TOOL_CONV]
+    messages[3]["weight"] = 0
+    for conv, tools in [(messages, TOOLS), (sample_records(1)[0]["messages"], None)]:
+        enc = encode_conversation(tok, conv, BIG, tools=tools)
+        trained = [j for j, k in enumerate(enc.turn_index) if k >= 0]
+        total, count = agent_nll(_PositionModel(len(tok)), tok, conv, tools=tools)
+        assert count == len(trained) and total == pytest.approx(sum(trained) / 1000, rel=1e-4)
