@@ -18,6 +18,10 @@ markers, which most templates lack, so the spans are found by rendering:
    ones are added is refused with a clear error (the agent's tokens cannot be located).
 3. A token belongs to the turn whose span its characters overlap.
 
+Cost per conversation: one tokenization and 1 + 2 x (agent turns) template renders (with the compiled
+template, once checked equal to ``apply_chat_template``); a truncated conversation is encoded again
+once or twice (the number of exchanges to drop is guessed from the full encoding, then checked).
+
 Fallback rule, for templates with no generation prompt (``add_generation_prompt`` changes nothing) or whose
 generation prompt is not how the turn itself is rendered: the span starts where the message's content
 (stripped) first occurs in the text the message adds, and runs to the end of that text (trailing
