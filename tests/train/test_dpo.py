@@ -47,8 +47,18 @@ def margins(model, ref, tok, pairs):
 def test_dpo_steps_increase_the_chosen_rejected_margin(tmp_path):
     data = tmp_path / "logs.jsonl"
     write_data(data)
-    out = run_dpo(DpoConfig(data=str(data), output_dir=str(tmp_path / "run"), max_steps=6, per_device_train_batch_size=4,
-                            learning_rate=5e-4, beta=0.1, report_to="none", save_steps=100))
+    out = run_dpo(
+        DpoConfig(
+            data=str(data),
+            output_dir=str(tmp_path / "run"),
+            max_steps=6,
+            per_device_train_batch_size=4,
+            learning_rate=5e-4,
+            beta=0.1,
+            report_to="none",
+            save_steps=100,
+        )
+    )
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == 4 and json.loads((out / "pair_stats.json").read_text())["pairs"] == 4
     trained = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True).eval()

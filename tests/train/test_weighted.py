@@ -37,8 +37,19 @@ def _grads(tmp_path: Path, data: Path, batch: int, accum: int, objective: str, p
 
         main(str(data), str(out), batch, accum, objective)
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port=29533",
-               str(HERE / "grad_probe.py"), str(data), str(out), str(batch), str(accum), objective]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={procs}",
+            "--master_port=29533",
+            str(HERE / "grad_probe.py"),
+            str(data),
+            str(out),
+            str(batch),
+            str(accum),
+            objective,
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -87,8 +98,17 @@ def _losses(run: Path) -> dict[int, float]:
 
 def test_resume_after_kill_gives_the_same_losses(tmp_path, sample_path):
     def config(out):
-        return TrainConfig(data=str(sample_path), output_dir=str(out), objective="refit", max_steps=6, per_device_train_batch_size=4,
-                           save_steps=2, learning_rate=1e-3, report_to="none", seed=3)
+        return TrainConfig(
+            data=str(sample_path),
+            output_dir=str(out),
+            objective="refit",
+            max_steps=6,
+            per_device_train_batch_size=4,
+            save_steps=2,
+            learning_rate=1e-3,
+            report_to="none",
+            seed=3,
+        )
 
     full = train(config(tmp_path / "full"))
     with pytest.raises(KeyboardInterrupt):
@@ -111,8 +131,16 @@ def test_lora_adapter_and_merged_give_the_same_forward(tmp_path, sample_path):
 
     from rwft.presets import load_model
 
-    base = dict(data=str(sample_path), objective="sft", max_steps=2, per_device_train_batch_size=4, lora=True, lora_r=4,
-                learning_rate=1e-2, report_to="none")
+    base = dict(
+        data=str(sample_path),
+        objective="sft",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        lora=True,
+        lora_r=4,
+        learning_rate=1e-2,
+        report_to="none",
+    )
     adapter = train(TrainConfig(output_dir=str(tmp_path / "adapter"), **base))
     merged = train(TrainConfig(output_dir=str(tmp_path / "merged"), merge_lora=True, **base))
     assert (adapter / "adapter_model.safetensors").exists()
