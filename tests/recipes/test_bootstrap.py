@@ -79,11 +79,39 @@ def test_model_and_skill_reach_training_and_collection(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rwft.train.weighted, "train", fake_train)
     out = tmp_path / "pi0"
+    model = tmp_path / "some" / "model-dir"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
     with pytest.raises(RuntimeError, match="stop after collection"):
-        run_bootstrap(BootstrapConfig(env="twenty-questions", output=str(out), model="some/model-dir", contexts=3,
+        run_bootstrap(BootstrapConfig(env="twenty-questions", output=str(out), model=str(model), contexts=3,
                                       samples_per_context=1, progress=False))
     cfg = seen["train"]
-    assert cfg.model == "some/model-dir" and cfg.objective == "sft"
-    assert cfg.batch_size == ENV_DEFAULTS["twenty-questions"]["batch_size"]
+    assert cfg.model == str(model) and cfg.objective == "sft"
+    assert cfg.per_device_train_batch_size == ENV_DEFAULTS["twenty-questions"]["batch_size"]
     scripted = [json.loads(x) for x in (out / "scripted.jsonl").read_text().splitlines()]
     assert len(scripted) == 3 and {r["metadata"]["policy"] for r in scripted} == {"scripted:1"}
+
+
+@pytest.mark.parametrize("kw", [dict(model="/no/such/model-dir"), dict(env_args=["nope=1"]), dict(env="nope")])
+def test_bad_inputs_leave_no_output_directory(tmp_path, kw):
+    out = tmp_path / "pi0"
+    with pytest.raises(RwftError):
+        run_bootstrap(BootstrapConfig(**{"env": "mcqa", "output": str(out), "contexts": 2, **kw}))
+    assert not out.exists()
+
+
+def test_quiet_prints_nothing_of_its_own(tmp_path, monkeypatch, capfd):
+    import rwft.train.weighted
+
+    def fake_train(cfg):  # the training's own output is the trainer's (disable_tqdm); the rest must be silent
+        import shutil
+
+        from rwft.presets import resolve_model
+
+        shutil.copytree(resolve_model("tiny"), cfg.output_dir)
+
+    monkeypatch.setattr(rwft.train.weighted, "train", fake_train)
+    run_bootstrap(BootstrapConfig(env="mcqa", env_args=["source=arithmetic"], output=str(tmp_path / "q"), contexts=2,
+                                  eval_contexts=2, best_of=1, max_new_tokens=4, quiet=True))
+    assert capfd.readouterr() == ("", "")
+    assert "quiet" not in json.loads((tmp_path / "q" / "bootstrap.json").read_text())["config"]

@@ -88,3 +88,49 @@ def test_dpo_gets_its_own_learning_rate_and_weighted_batches_are_random_by_defau
     seen.clear()
     compare.train_cell(cfg, "dpo", 0, "logs.jsonl", "pi0", tmp_path / "c3")
     assert seen["dpo"].learning_rate == 2e-3  # 0: the shared rate
+
+
+def test_terminal_shows_one_line_per_cell_and_the_table(fake_stages, tmp_path, capfd):
+    calls, data = fake_stages
+    cfg = compare.CompareConfig(output=str(tmp_path / "cmp"), data=str(data), methods=["base", "refit", "swift"],
+                                seeds=[1], perplexity=False)
+    files = compare.run_compare(cfg)
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("base seed 1: reward 0.110, eval ") and "trained" not in lines[0]
+    assert lines[1].startswith("refit seed 1: reward 0.510, trained ") and ", eval " in lines[1]
+    assert lines[2] == "swift seed 1: not trained (no conversation carries a non-zero weight)"
+    assert "\n".join(lines[3:]) + "\n" == open(files["markdown"]).read()  # then the table, nothing else
+    assert lines[3].startswith("| method |") and lines[-1] == f"plots and report: {tmp_path / 'cmp' / 'report'}"
+    assert err == ""
+    compare.run_compare(cfg)  # resumed: the same lines, marked
+    assert capfd.readouterr().out.splitlines()[1].endswith("(done before)")
+
+
+def test_inner_stages_run_quietly(monkeypatch, tmp_path):
+    """Collection, bootstrap and evaluation are asked to print nothing unless --progress."""
+    import rwft.eval.evaluate
+    import rwft.recipes.bootstrap
+    import rwft.rollout.collect
+
+    seen = {}
+    monkeypatch.setattr(rwft.rollout.collect, "run_collect", lambda c: seen.setdefault("collect", c))
+    monkeypatch.setattr(rwft.recipes.bootstrap, "run_bootstrap", lambda c: seen.setdefault("bootstrap", c))
+    monkeypatch.setattr(rwft.eval.evaluate, "run_eval", lambda c: seen.setdefault("eval", c))
+    for progress in (False, True):
+        seen.clear()
+        cfg = compare.CompareConfig(output=str(tmp_path), bootstrap_contexts=4, progress=progress)
+        compare.make_pi0(cfg, tmp_path)
+        compare.collect_logs(cfg, "pi0", tmp_path)
+        compare.eval_cell(cfg, "pi0", 0, "pi0", tmp_path / "cell")
+        assert {k: (c.quiet, c.progress) for k, c in seen.items()} == {k: (not progress, progress) for k in seen}
+        assert len(seen) == 3
+
+
+@pytest.mark.parametrize("kw", [dict(model="/no/such/model-dir"), dict(data="/no/such/logs.jsonl"),
+                                dict(env_args=["nope=1"]), dict(eval_env_args=["nope=1"])])
+def test_bad_inputs_leave_no_output_directory(tmp_path, kw):
+    out = tmp_path / "cmp"
+    with pytest.raises(RwftError):
+        compare.run_compare(compare.CompareConfig(output=str(out), methods=["base"], seeds=[0], **kw))
+    assert not out.exists()

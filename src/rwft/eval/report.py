@@ -201,9 +201,10 @@ def html_report(rows, metrics, results, images: Sequence[str], title: str, sampl
 
 def write_report(
     results: Sequence[dict[str, Any]], out_dir: str | Path, metrics: Sequence[str] | None = None,
-    main_metric: str = "reward", title: str = "rwft comparison",
+    main_metric: str = "reward", title: str = "rwft comparison", notes: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Write table.md, table.csv, <main_metric>.png, training.png (when logs exist) and report.html."""
+    """Write table.md, table.csv, <main_metric>.png, training.png (when logs exist) and report.html.
+    ``notes`` are extra lines listed after the table and its verdicts in table.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = list(metrics or metric_names(results))
@@ -212,6 +213,8 @@ def write_report(
     table = markdown_table(rows, metrics)
     if main_metric in metrics:
         table += "\n" + "".join(f"- {line}\n" for line in verdicts(rows, main_metric))
+    if notes:
+        table += "\n" + "".join(f"{line}\n" for line in notes)
     files["markdown"].write_text(table, encoding="utf-8")
     write_csv(rows, metrics, files["csv"])
     images = []

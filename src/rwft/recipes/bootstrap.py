@@ -91,6 +91,8 @@ class BootstrapConfig:
     """seed of the scripted data, the training and the rollouts"""
     progress: bool = True
     """show progress bars"""
+    quiet: bool = False
+    """print nothing from the collections and no summary line (for callers such as rwft compare)"""
 
 
 def resolve_defaults(config: BootstrapConfig) -> BootstrapConfig:
@@ -133,13 +135,17 @@ def reward_summary(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
+    from rwft.presets import locate_model
     from rwft.rollout.collect import CollectConfig, run_collect
+    from rwft.rollout.envs.base import make_env
     from rwft.train.weighted import TrainConfig, train
 
     config = resolve_defaults(config)
     if config.best_of < 1 or config.eval_contexts < 1:
         raise RwftError("--best-of and --eval-contexts must be positive integers")
     policy = scripted_policy(config.skill)
+    make_env(config.env, config.env_args)  # bad options fail here, before OUTPUT exists
+    locate_model(config.model)
     out = Path(config.output or f"pi0-{config.env}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -147,7 +153,7 @@ def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
     run_collect(CollectConfig(
         env=config.env, out=str(scripted), policy=policy, contexts=config.contexts,
         samples_per_context=config.samples_per_context, temperatures=[1.0], seed=config.seed,
-        env_args=config.env_args, progress=config.progress,
+        env_args=config.env_args, progress=config.progress, quiet=config.quiet,
     ))
     t_collect = time.time()
     train_dir = out / "train"
@@ -163,17 +169,20 @@ def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
         env=config.env, out=str(rollouts), policy=str(train_dir), contexts=config.eval_contexts,
         samples_per_context=config.best_of, temperatures=[config.temperature], seed=config.seed + 1,
         env_args=config.env_args, max_new_tokens=config.max_new_tokens, batch_size=32, progress=config.progress,
+        quiet=config.quiet,
     ))
     t_eval = time.time()
     read = lambda p: [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()]  # noqa: E731
     summary = {
         "env": config.env, "env_args": config.env_args, "policy": str(train_dir), "scripted_policy": policy,
-        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "quiet")},
         "pi0": reward_summary(read(rollouts)), "scripted_data": reward_summary(read(scripted)),
         "seconds": {"collect": t_collect - t0, "train": t_train - t_collect, "rollouts": t_eval - t_train},
     }
     (out / "bootstrap.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     p = summary["pi0"]
-    print(f"rwft bootstrap: pi_0 = {train_dir}; {config.env}: mean reward {p.get('mean_reward', float('nan')):.3f}, "
-          f"best-of-{config.best_of} {p.get('best_of_m_reward', float('nan')):.3f} over {p['episodes']} rollouts")
+    if not config.quiet:
+        print(f"rwft bootstrap: pi_0 = {train_dir}; {config.env}: mean reward "
+              f"{p.get('mean_reward', float('nan')):.3f}, best-of-{config.best_of} "
+              f"{p.get('best_of_m_reward', float('nan')):.3f} over {p['episodes']} rollouts")
     return summary

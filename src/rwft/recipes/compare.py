@@ -18,6 +18,9 @@ Methods: base, sft, star-gate (filtered, top-1 per context), refit, swift, dpo (
 The weighted objectives train on random batches by default (``group_by_length``); DPO / StepDPO may get
 their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
 other method) says whether its reward interval lies above ("beats"), below, or overlaps the other's.
+On the terminal: one line per cell (``refit seed 1: reward 0.853, trained 5.2 s, eval 3.1 s``) and then the
+table as in table.md; the inner collection, training and evaluation print nothing unless ``--progress``.
+Nothing is written before the environment options, ``--data`` and ``--model`` are checked.
 Training time is the wall time of the training call; peak memory is the peak resident set size of this
 process during it (reset before each cell through /proc/self/clear_refs) on the CPU, or the peak CUDA
 memory allocated on a GPU.
@@ -107,7 +110,8 @@ class CompareConfig:
     threads: int = 0
     """Torch CPU threads (0: torch's default, one per core). On a busy machine 1 is often much faster."""
     progress: bool = False
-    """Show progress bars."""
+    """Show the inner stages' progress bars and messages (collection, training, evaluation). Off: one line per
+    cell and the table."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -162,7 +166,7 @@ def make_pi0(config: CompareConfig, out: Path) -> str:
                                       learning_rate=config.bootstrap_learning_rate, batch_size=config.batch_size,
                                       eval_contexts=config.bootstrap_eval_contexts, best_of=config.samples_per_context,
                                       max_new_tokens=config.max_new_tokens, seed=config.collect_seed + 7,
-                                      progress=config.progress))
+                                      progress=config.progress, quiet=not config.progress))
     return str(pi0)
 
 
@@ -175,7 +179,8 @@ def collect_logs(config: CompareConfig, pi0: str, out: Path) -> str:
     run_collect(CollectConfig(env=config.env, out=str(path), policy=pi0, contexts=config.contexts,
                               samples_per_context=config.samples_per_context, temperatures=list(config.temperatures),
                               seed=config.collect_seed, env_args=list(config.env_args),
-                              max_new_tokens=config.max_new_tokens, progress=config.progress))
+                              max_new_tokens=config.max_new_tokens, progress=config.progress,
+                              quiet=not config.progress))
     return str(path)
 
 
@@ -213,7 +218,7 @@ def eval_cell(config: CompareConfig, policy: str, seed: int, pi0: str, cell: Pat
         policy=policy, env=config.env, output=str(cell / "eval"), episodes=config.eval_episodes,
         seeds=[config.eval_seed + seed], env_args=[*config.env_args, *config.eval_env_args],
         temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
-        ppl_model=pi0 if config.perplexity else "", progress=config.progress,
+        ppl_model=pi0 if config.perplexity else "", progress=config.progress, quiet=not config.progress,
     ))
 
 
@@ -231,13 +236,14 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
         with measure() as cost:
             policy = train_cell(config, method, seed, data, pi0, cell)
     except RwftError as e:  # e.g. swift / dpo on logs without reward spread: recorded, not fatal
-        print(f"rwft compare: {method} seed {seed}: {e}", flush=True)
         result = {"method": method, "seed": seed, "metrics": {}, "error": str(e)}
         done.write_text(json.dumps(result))
         return result
     if method == "base":
         cost.update(train_time_s=0.0, peak_memory_mb=0.0)
+    t_eval = time.perf_counter()
     ev = eval_cell(config, policy, seed, pi0, cell)
+    cost["eval_time_s"] = time.perf_counter() - t_eval
     log_path = cell / "model" / "train_log.jsonl"
     train_log = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
     samples_path = cell / "eval" / "samples.jsonl"
@@ -251,35 +257,64 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
     return result
 
 
+def cell_line(result: dict[str, Any], resumed: bool = False) -> str:
+    """The one line printed per cell: ``refit seed 1: reward 0.853, trained 5.2 s, eval 3.1 s``."""
+    head = f"{result['method']} seed {result['seed']}"
+    if "error" in result:
+        return f"{head}: not trained ({result['error']})"
+    reward = result.get("metrics", {}).get("reward")
+    parts = [f"reward {reward:.3f}" if isinstance(reward, (int, float)) else "reward -"]
+    if result["method"] != "base":
+        parts.append(f"trained {result.get('train_time_s', 0.0):.1f} s")
+    if "eval_time_s" in result:
+        parts.append(f"eval {result['eval_time_s']:.1f} s")
+    return f"{head}: {', '.join(parts)}" + (" (done before)" if resumed else "")
+
+
+def check_inputs(config: CompareConfig) -> None:
+    """Check what the comparison reads (environment options, --data, --model) before anything is written."""
+    from rwft.presets import locate_model
+    from rwft.rollout.envs.base import make_env
+
+    make_env(config.env, list(config.env_args))
+    make_env(config.env, [*config.env_args, *config.eval_env_args])
+    if config.data and not Path(config.data).exists():
+        raise RwftError(f"--data {config.data}: no such file or directory")
+    if config.bootstrap_contexts <= 0:  # pi_0 is --model itself (bootstrap trains the tiny preset)
+        locate_model(config.model)
+
+
 def run_compare(config: CompareConfig) -> dict[str, Any]:
-    """Run (or finish) the comparison; print the table; return the report's files."""
+    """Run (or finish) the comparison; print one line per cell and the table; return the report's files."""
     from rwft.eval.report import write_report
 
+    check_inputs(config)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads > 0:
         import torch
 
         torch.set_num_threads(config.threads)
-    t0 = time.perf_counter()
     pi0 = make_pi0(config, out)
     data = collect_logs(config, pi0, out)
     results = []
     for seed in config.seeds:
         for method in config.methods:
-            print(f"rwft compare: {method} seed {seed}", flush=True)
+            resumed = (out / "cells" / f"{method}-s{seed}" / "result.json").exists()
             results.append(run_cell(config, method, seed, data, pi0, out))
+            print(cell_line(results[-1], resumed), flush=True)
     keep = ["reward", "correct", "success", "asked", "turns", "thinking", "length", "repetition", "distinct_2",
             "perplexity"]
     names = [k for k in keep if any(r["metrics"].get(k) for r in results)]  # present and not always 0
     title = f"rwft compare: {config.env} {' '.join(config.env_args)}"
-    files = write_report(results, out / "report", names, title=title)
-    print(files["markdown"].read_text())
+    notes = []
     summary = out / "pi0" / "bootstrap.json"
     if config.bootstrap_contexts > 0 and summary.exists():
         p = json.loads(summary.read_text())["pi0"]
-        print(f"rwft compare: pi_0 on {p.get('episodes', 0)} held-out rollouts: mean reward "
-              f"{p.get('mean_reward', float('nan')):.3f}, best-of-{config.samples_per_context} "
-              f"{p.get('best_of_m_reward', float('nan')):.3f}")
-    print(f"rwft compare: wrote {out / 'report'} in {time.perf_counter() - t0:.0f} s")
+        notes.append(f"pi_0 on {p.get('episodes', 0)} held-out rollouts: mean reward "
+                     f"{p.get('mean_reward', float('nan')):.3f}, best-of-{config.samples_per_context} "
+                     f"{p.get('best_of_m_reward', float('nan')):.3f}")
+    notes.append(f"plots and report: {out / 'report'}")
+    files = write_report(results, out / "report", names, title=title, notes=notes)
+    print(files["markdown"].read_text(), end="", flush=True)
     return {k: str(v) for k, v in files.items()}
