@@ -122,6 +122,19 @@ def test_cli_bad_policy_is_one_line_and_leaves_no_output(tmp_path, capsys, hub_u
     assert not out.exists()
 
 
+@pytest.mark.parametrize("kind", ["absent", "hub"])
+def test_cli_train_bad_model_is_one_line_and_leaves_no_output(tmp_path, capsys, hub_unreachable, sample_path, kind):
+    from rwft.cli import main
+
+    model = "nobody-rwft/no-such-model" if kind == "hub" else _bad_paths(tmp_path)[kind]
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(sample_path), "--model", model, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"rwft train: error: {model}: ")
+    assert not out.exists()
+
+
 # --- quiet loading ----------------------------------------------------------------------------------------------
 
 
