@@ -74,7 +74,7 @@ def test_missing_file_and_bad_option_values(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["train", "--data", "x.jsonl", "--output", str(tmp_path / "o"), "--batch-size", "0"]) == 2
-    assert "--batch-size: expected a positive integer" in capsys.readouterr().err
+    assert "--per-device-train-batch-size: expected a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -82,7 +82,7 @@ def test_config_file_supplies_fields_and_rejects_unknown_ones(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("data: missing.jsonl\noutput: somewhere\nlearning-rate: 0.001\nbogus: 1\n")
     assert main(["train", "--config", str(cfg)]) == 2
-    assert "unknown field 'bogus'" in capsys.readouterr().err
+    assert f"{cfg}: unknown option 'bogus'" in capsys.readouterr().err
 
 
 def test_real_process_exits_2_without_traceback(tmp_path):

@@ -54,8 +54,8 @@ def resolve_model(name_or_path: str) -> str:
 
 @contextmanager
 def quiet_hf():
-    """Silence transformers' and huggingface_hub's progress bars ("Loading weights", "Writing model shards")
-    inside the block, and restore their previous state after it (even on an error).
+    """Silence transformers', huggingface_hub's and datasets' progress bars ("Loading weights", "Writing model
+    shards", "Map") inside the block, and restore their previous state after it (even on an error).
 
     Both bars come from ``transformers.utils.logging.tqdm``, which shows a bar only while
     ``transformers.utils.logging.is_progress_bar_enabled()``; ``disable_progress_bar`` turns that off
@@ -64,12 +64,18 @@ def quiet_hf():
     from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as hf_logging
 
+    import datasets
+
     was_on = hf_logging.is_progress_bar_enabled()
     hub_was_off = are_progress_bars_disabled()
+    datasets_were_on = datasets.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     try:
         yield
     finally:
+        if datasets_were_on:
+            datasets.enable_progress_bars()
         if was_on:
             hf_logging.enable_progress_bar()  # also re-enables the hub's bars ...
         if hub_was_off:

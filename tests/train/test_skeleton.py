@@ -52,7 +52,7 @@ def test_a_trl_users_yaml_carries_over_and_every_trainingarguments_option_parses
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--data", "x.jsonl"], "missing required option(s): --output-dir"),
+    (["train", "--data", "x.jsonl"], "missing required option --output-dir"),
     (["train", "--data", "x.jsonl", "--output-dir", "o", "--lr_scheduler_type", "nope"], "lr_scheduler_type"),
     (["train", "--data", "x.jsonl", "--output-dir", "o", "--bogus", "1"], "unrecognized arguments: --bogus"),
     (["dpo", "--data", "x.jsonl", "--output-dir", "o", "--beta", "0"], "--beta: expected a positive number"),

@@ -161,7 +161,7 @@ def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
         data=str(scripted), output_dir=str(train_dir), model=config.model, objective="sft",
         num_train_epochs=config.epochs, learning_rate=config.learning_rate,
         per_device_train_batch_size=config.batch_size, max_length=config.max_length,
-        seed=config.seed, report_to="none",
+        seed=config.seed, report_to="none", disable_tqdm=config.quiet or not config.progress,
     ))
     t_train = time.time()
     rollouts = out / "rollouts.jsonl"

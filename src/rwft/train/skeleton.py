@@ -13,7 +13,7 @@ logged step), ``tensorboard/``, ``checkpoint-N/`` and, at the end, the model (``
 safetensors, or a PEFT adapter). Rerunning the same command resumes from the newest complete checkpoint
 and drops log lines past it, so each step is logged once; a different config in the same directory is
 refused rather than mixed in. The terminal shows one progress bar with the loss; per-step detail goes to
-the step log and tensorboard.
+the step log and tensorboard; ``--disable-tqdm`` silences both.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import yaml
 from transformers import TrainerCallback
 
 from rwft.errors import RwftError
+from rwft.presets import quiet_hf
 
 # Fields that may change between a run and its resumption without changing what is trained.
 RESUME_NEUTRAL = {"disable_tqdm", "report_to", "dataloader_num_workers", "dataset_num_proc", "save_steps",
@@ -88,6 +89,8 @@ class RunArguments:
     """Deprecated name of --activation-checkpointing."""
     activation_checkpointing: bool | None = False
     """Recompute activations in the backward pass to save memory."""
+    disable_tqdm: bool | None = False
+    """Run silently: no progress bar and no summary lines (the step log and tensorboard still get every step)."""
     dataloader_pin_memory: bool = False
     """Pin batches in page-locked memory (token ids are small: the copy to a GPU gains little from it)."""
 
@@ -193,20 +196,6 @@ class LossBar(TrainerCallback):
             self.bar = None
 
 
-@contextmanager
-def quiet_hf():
-    """Hide transformers' and the hub's progress bars (loading weights, writing shards) inside the block."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def add_lora(model, config: RunArguments):
     """Wrap the model in a LoRA adapter on all linear layers (PEFT)."""
     from peft import LoraConfig, get_peft_model
@@ -231,32 +220,34 @@ def run(config: RunArguments, prepare: Callable, make_trainer: Callable, name: s
     out = Path(config.output_dir)
     resolved = config.resolved()
     check_config(out, resolved)
+    quiet = config.disable_tqdm
+    say = (lambda *_: None) if quiet or config.process_index != 0 else print
     set_seed(config.seed)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    with config.main_process_first(desc="rwft data"):
-        data, summary = prepare(config, tokenizer)
-    model = load_model(config.model, config.trust_remote_code)
-    if config.lora:
-        model = add_lora(model, config)
-    if config.process_index == 0:
-        print(f"rwft {name}: {summary}; model {config.model}")
-    write_config(out, resolved)
-    trainer = make_trainer(config, model, tokenizer, data,
-                           [StepLog(out / "train_log.jsonl"), LossBar(f"rwft {name}"), *(callbacks or [])])
+    with quiet_hf() if quiet else nullcontext():
+        tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+        with config.main_process_first(desc="rwft data"):
+            data, summary = prepare(config, tokenizer)
+        model = load_model(config.model, config.trust_remote_code)
+        if config.lora:
+            model = add_lora(model, config)
+        say(f"rwft {name}: {summary}; model {config.model}")
+        write_config(out, resolved)
+        trainer = make_trainer(config, model, tokenizer, data,
+                               [StepLog(out / "train_log.jsonl"), LossBar(f"rwft {name}"), *(callbacks or [])])
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):
             cb.logging_dir = str(out / "tensorboard")  # per run, not per process (TENSORBOARD_LOGGING_DIR)
     resume = resume_point(out, trainer.is_world_process_zero())
-    if resume is not None and config.process_index == 0:
-        print(f"rwft {name}: resuming from {resume}")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if config.lora and config.merge_lora:
-        trainer.model = trainer.model.merge_and_unload()
-    if trainer.is_world_process_zero():
-        with quiet_hf():
+    if resume is not None:
+        say(f"rwft {name}: resuming from {resume}")
+    with quiet_hf():  # checkpoints: no "Writing model shards" bar under the loss bar
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if config.lora and config.merge_lora:
+            trainer.model = trainer.model.merge_and_unload()
+        if trainer.is_world_process_zero():
             trainer.model.save_pretrained(out)
             tokenizer.save_pretrained(out)
-        print(f"rwft {name}: wrote {out}")
+    say(f"rwft {name}: wrote {out}")
     return out

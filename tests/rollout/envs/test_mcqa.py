@@ -145,3 +145,15 @@ def test_bad_options_are_clear_errors():
         make_env("mcqa", ["split=test"]).tasks(501, 0)
     with pytest.raises(RwftError, match="unknown environment"):
         make_env("chess")
+
+
+def test_arithmetic_items_always_have_four_distinct_choices():
+    import random
+
+    from rwft.rollout.envs.mcqa import arithmetic_item
+
+    for difficulty in (1, 2, 3):
+        for i in range(3000):  # seed 1000 of difficulty 1 once collided down to three options
+            item = arithmetic_item(random.Random(i), difficulty, i)
+            texts = [c["text"] for c in item["choices"]]
+            assert len(texts) == 4 == len(set(texts)), item

@@ -63,7 +63,8 @@ def load_mc(source: str, split: str) -> tuple[dict[str, Any], ...]:
     path = DATA / source / f"{split}.jsonl"
     if not path.exists():
         raise RwftError(f"--env-args split={split}: {source} has no {split} split ({path} missing)")
-    return tuple(json.loads(line) for line in path.open(encoding="utf-8") if line.strip())
+    with path.open(encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
 
 
 def arithmetic_item(rng: random.Random, difficulty: int, index: int) -> dict[str, Any]:
@@ -79,6 +80,7 @@ def arithmetic_item(rng: random.Random, difficulty: int, index: int) -> dict[str
     for o, n in zip(chosen, nums[1:], strict=True):  # left to right, ignoring precedence
         left = left + n if o == "+" else left - n if o == "-" else left * n
     wrong = [left, value + rng.choice([1, -1]) * rng.randint(1, 10), value + 10, value - 10, -value]
+    wrong += [value + k for k in range(1, 4)]  # near misses: enough distinct ones whatever the above collide on
     distractors: list[int] = []
     for w in wrong:
         if w != value and w not in distractors:
