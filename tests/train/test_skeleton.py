@@ -69,3 +69,12 @@ def test_dpo_config_keeps_trl_options_and_rwft_defaults():
     c = DpoConfig(data="x.jsonl", output_dir="o", loss_type=["sigmoid"], label_smoothing=0.1)
     assert c.bf16 is False and c.activation_checkpointing is False  # TRL's defaults would train bf16 on a CPU
     assert c.logging_steps == 1 and c.report_to == ["tensorboard"] and c.label_smoothing == 0.1
+
+
+def test_device_is_whatever_accelerator_torch_finds(monkeypatch):
+    """No accelerator: CPU (so torchrun's processes run as gloo DDP); any kind of accelerator: left to accelerate."""
+    import torch
+
+    assert TrainConfig(data="x.jsonl", output_dir="o").use_cpu is (not torch.accelerator.is_available())
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)  # an MPS / XPU / CUDA machine
+    assert TrainConfig(data="x.jsonl", output_dir="o").use_cpu is False

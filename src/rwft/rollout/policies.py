@@ -153,10 +153,8 @@ class HFPolicy:
         self.tok.padding_side = "left"
         if not getattr(self.tok, "chat_template", None):
             raise RwftError(f"--policy {model}: the tokenizer has no chat template")
-        if device is None:  # whatever accelerate picks: CUDA, MPS, XPU, NPU, ... or the CPU
-            from accelerate import PartialState
-
-            device = str(PartialState().device)
+        if device is None:  # the machine's accelerator, whichever kind (CUDA, MPS, XPU, ...), or the CPU
+            device = str(torch.accelerator.current_accelerator() or "cpu")
         self.device = device
         # bf16 on an accelerator that has it (half the memory, the usual serving precision); fp32 on a CPU
         dtype = torch.bfloat16 if self.device != "cpu" and _bf16_supported(self.device) else torch.float32

@@ -34,7 +34,7 @@ from rwft.presets import quiet_hf
 
 # Fields that may change between a run and its resumption without changing what is trained.
 RESUME_NEUTRAL = {"disable_tqdm", "report_to", "dataloader_num_workers", "dataset_num_proc", "save_steps",
-                  "save_total_limit", "logging_steps", "local_rank", "resume_from_checkpoint"}
+                  "save_total_limit", "logging_steps", "local_rank", "resume_from_checkpoint", "use_cpu"}
 
 
 @dataclass
@@ -106,6 +106,10 @@ class RunArguments:
             raise RwftError(f"--learning-rate: expected a positive number, got {self.learning_rate}")
         if self.data_seed is None:
             self.data_seed = self.seed
+        if not self.use_cpu and not _has_accelerator():
+            # accelerate runs torchrun's processes as CPU DDP (gloo) only when told cpu=True; with any
+            # accelerator (CUDA, MPS, XPU, NPU, ...) placement stays accelerate's choice
+            self.use_cpu = True
         try:
             super().__post_init__()
         except ValueError as e:  # TrainingArguments' own checks of option combinations
@@ -114,6 +118,12 @@ class RunArguments:
     def resolved(self) -> dict[str, Any]:
         """The config as written to rwft_config.yaml (plain YAML types)."""
         return json.loads(json.dumps(self.to_dict(), default=str))
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.accelerator.is_available()
 
 
 def check_config(out: Path, resolved: dict[str, Any]) -> None:
