@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from conftest import sample_records
-from rwft.data.encode import Encoded, agent_mask, encode_conversation
+from rwft.data.encode import Encoded, agent_mask, encode_batch, encode_conversation
 from rwft.errors import RwftError
 from rwft.presets import load_tokenizer
 
@@ -293,3 +293,25 @@ def test_perplexity_scores_exactly_the_tokens_with_a_turn_index(kind):
         trained = [j for j, k in enumerate(enc.turn_index) if k >= 0]
         total, count = agent_nll(_PositionModel(len(tok)), tok, conv, tools=tools)
         assert count == len(trained) and total == pytest.approx(sum(trained) / 1000, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "llama3", "qwen-tools", "strict", "no-gen"])
+def test_encode_batch_equals_encode_conversation(kind):
+    tok = _tokenizer(kind)
+    weight0 = [dict(m) for m in TOOL_CONV]
+    weight0[3]["weight"] = 0
+    records = sample_records(6)
+    too_long = copy.deepcopy(records[0]["messages"])
+    too_long[0]["content"] = "a very long task " * 300
+    batch = [(r["messages"], None) for r in records] + [
+        (TOOL_CONV, TOOLS), (weight0, TOOLS), (TOOL_CONV, None), (too_long, None),
+        ([{"role": "user", "content": "Hello"}], None)]
+    lengths = sorted(len(encode_conversation(tok, m, BIG, tools=t).input_ids) for m, t in batch)
+    for max_length in (BIG, lengths[len(lengths) // 2], lengths[2]):
+        want = [encode_conversation(tok, m, max_length, tools=t) for m, t in batch]
+        got = encode_batch(tok, [m for m, _ in batch], max_length, "assistant", [t for _, t in batch])
+        assert got == want
+        if max_length != BIG:
+            assert any(e is not None and e.truncated for e in got)  # the mix holds truncated ...
+            assert any(e is None for e in got)  # ... and dropped conversations
+    assert encode_batch(tok, [], 100) == []

@@ -374,26 +374,30 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, agent_role: str) -> dict[str, list]:
-    encode = _encoder()
+    from rwft.data import encode as E
+
+    conversations = [json.loads(m) for m in batch["messages"]]
+    tools = [json.loads(t) if t is not None else None for t in batch["tools"]]
+    if hasattr(E, "encode_batch"):  # one batched tokenizer call for the whole map batch
+        encoded = E.encode_batch(tokenizer, conversations, max_length, agent_role, tools)
+    else:
+        encode = _encoder()
+        encoded = [encode(tokenizer, m, max_length, agent_role, t) for m, t in zip(conversations, tools, strict=True)]
     out: dict[str, list] = {k: [] for k in
                             ("input_ids", "turn_index", "length", "agent_tokens", "turn_tokens", "truncated",
                              "too_long")}
-    for m_json, t_json in zip(batch["messages"], batch["tools"], strict=True):
-        messages = json.loads(m_json)
-        tools = json.loads(t_json) if t_json is not None else None
+    for messages, enc in zip(conversations, encoded, strict=True):
         n_turns = sum(1 for m in messages if m["role"] == agent_role)
-        enc = encode(tokenizer, messages, max_length, agent_role, tools)
         if enc is None:
             ids, ti, truncated, too_long = [], [], False, True
             turn_tokens = [0] * n_turns
         else:
             ids, ti, truncated, too_long = enc.input_ids, enc.turn_index, bool(enc.truncated), False
-            t = np.asarray(ti, dtype=np.int64)
-            turn_tokens = np.bincount(t[t >= 0], minlength=n_turns).tolist()
+            turn_tokens = [ti.count(k) for k in range(n_turns)]
         out["input_ids"].append(ids)
         out["turn_index"].append(ti)
         out["length"].append(len(ids))
-        out["agent_tokens"].append(int(sum(turn_tokens)))
+        out["agent_tokens"].append(sum(turn_tokens))
         out["turn_tokens"].append(turn_tokens)
         out["truncated"].append(truncated)
         out["too_long"].append(too_long)

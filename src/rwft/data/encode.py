@@ -56,11 +56,14 @@ reported by ``rwft validate`` and ``rwft train``.
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from rwft.errors import RwftError
+
+_BEG, _END = itemgetter(0), itemgetter(1)
 
 
 @dataclass
@@ -122,27 +125,42 @@ def _render(tokenizer, messages: list[dict], tools: list[dict] | None, generatio
 
 
 _FAST_OK: dict[str, bool] = {}
+_COMPILED: dict[str, Any] = {}  # template -> (compiled template, its globals as a plain dict)
 
 
-def _renderer(tokenizer, tools: list[dict] | None, probe: list[dict]):
+def _compiled(template: str):
+    if template not in _COMPILED:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        compiled = _compile_jinja_template(template)
+        _COMPILED[template] = (compiled, dict(compiled.globals))
+    return _COMPILED[template]
+
+
+def _renderer(tokenizer, tools: list[dict] | None, probe: list[dict], kwargs: dict | None = None):
     """A function (messages, generation_prompt) -> text. It renders with the compiled template directly
-    (a third of ``apply_chat_template``'s cost, which matters at one render per agent turn), once checked
-    to give the same text as ``apply_chat_template`` for this template; else ``apply_chat_template``."""
+    (a fraction of ``apply_chat_template``'s cost, which matters at one render per agent turn), once checked
+    to give the same text as ``apply_chat_template`` for this template; else ``apply_chat_template``.
+    ``kwargs``: the tokenizer's ``special_tokens_map`` when the caller already has it (a batch)."""
 
     def slow(msgs: list[dict], gen: bool) -> str:
         return _render(tokenizer, msgs, tools, gen)
 
     try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-
         template = tokenizer.get_chat_template(None, tools)
-        compiled = _compile_jinja_template(template)
-        kwargs = dict(tokenizer.special_tokens_map)
-    except Exception:  # noqa: BLE001 - another transformers version: the public path
+        compiled, base = _compiled(template)
+        kwargs = dict(tokenizer.special_tokens_map) if kwargs is None else kwargs
+        env, root, name, blocks = compiled.environment, compiled.root_render_func, compiled.name, compiled.blocks
+        context_class, concat = env.context_class, env.concat
+    except Exception:  # noqa: BLE001 - another transformers or jinja version: the public path
         return slow
 
     def fast(msgs: list[dict], gen: bool) -> str:
-        return compiled.render(messages=msgs, tools=tools, documents=None, add_generation_prompt=gen, **kwargs)
+        # Template.render(...) without re-reading the template's globals (a ChainMap) on every call: the
+        # context jinja's new_context builds, with the globals copied once into a plain dict
+        ctx = context_class(env, {**base, "messages": msgs, "tools": tools, "documents": None,
+                                  "add_generation_prompt": gen, **kwargs}, name, blocks, globals=base)
+        return concat(root(ctx))
 
     key = template + "\0" + json.dumps(kwargs, sort_keys=True, default=str)
     if key not in _FAST_OK:
@@ -248,9 +266,9 @@ def _rewrites_error() -> RwftError:
     )
 
 
-def _encode(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[int], tools):
-    """Encode prepared messages without truncation: (Encoded, token index where each agent turn starts)."""
-    render = _renderer(tokenizer, tools, msgs)
+def _spans(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[int], tools, render=None):
+    """The whole rendering and each agent turn's character span: (text, [(start, end, turn index or -1)])."""
+    render = render or _renderer(tokenizer, tools, msgs)
     full = render(msgs, False)
     gen = _has_generation_prompt(tokenizer)
     spans: list[tuple[int, int, int]] = []  # (start char, end char, turn index or -1)
@@ -277,35 +295,61 @@ def _encode(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[i
             found = full.find(content, len(before), end) if content else -1
             start = found if found >= 0 else (max(len(before), end - 1) if not content else len(before))
         spans.append((start, end, -1 if k in excluded else k))
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-    index = [-1] * len(ids)
-    ends = [e for _, e in offsets]
+    return full, spans
+
+
+def _tokenize(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, character offsets) of each text, as ``tokenizer(texts, add_special_tokens=False,
+    return_offsets_mapping=True)`` gives them, in one batched call. With a fast tokenizer the Rust
+    encodings are read directly (the wrapper's per-item conversion costs as much as a third of the
+    tokenization), after a call through the wrapper on an empty text that applies its settings to the
+    backend (truncation and padding off, special tokens not split)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        try:
+            tokenizer("", add_special_tokens=False)
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            return [(e.ids, e.offsets) for e in encodings]
+        except Exception:  # noqa: BLE001 - another transformers version: the public path
+            pass
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+
+
+def _index(ids: list[int], offsets, spans: list[tuple[int, int, int]]):
+    """(Encoded, token index where each agent turn starts): a token belongs to the turn whose span its
+    (non-empty) characters overlap."""
+    n = len(ids)
+    offsets = offsets if isinstance(offsets, list) else list(offsets)
+    index = [-1] * n
     starts = []
     for start, end, k in spans:
-        t = bisect_right(ends, start)  # first token ending after the span's start
+        t = bisect_right(offsets, start, key=_END)  # first token ending after the span's start
         starts.append(t)
         if k < 0:
             continue
-        while t < len(ids) and offsets[t][0] < end:
+        # the tokens from t on that start before the span's end: a slice when the starts ascend there and
+        # no token is empty (the usual case), else token by token
+        u = bisect_left(offsets, end, t, key=_BEG)
+        if (u == n or offsets[u][0] >= end) and all(a < end and a < b for a, b in offsets[t:u]):
+            index[t:u] = [k] * (u - t)
+            continue
+        while t < n and offsets[t][0] < end:
             if offsets[t][1] > offsets[t][0]:
                 index[t] = k
             t += 1
-    return Encoded(ids, index, truncated=False), starts
+    return Encoded(list(ids), index, truncated=False), starts
 
 
-def encode_conversation(
-    tokenizer,
-    messages: list[dict],
-    max_length: int,
-    agent_role: str = "assistant",
-    tools: list[dict] | None = None,
-) -> Encoded | None:
-    """Encode under the truncation policy of this module; None when the conversation cannot fit."""
-    msgs, turn, excluded, tool_arg = _prepare(tokenizer, messages, agent_role, tools)
-    enc, starts = _encode(tokenizer, msgs, turn, excluded, tool_arg)
-    if len(enc.input_ids) <= max_length:
-        return enc
+def _encode(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[int], tools):
+    """Encode prepared messages without truncation: (Encoded, token index where each agent turn starts)."""
+    full, spans = _spans(tokenizer, msgs, turn, excluded, tools)
+    [(ids, offsets)] = _tokenize(tokenizer, [full])
+    return _index(ids, offsets, spans)
+
+
+def _truncate(tokenizer, msgs, turn, excluded, tool_arg, enc: Encoded, starts: list[int], max_length: int):
+    """The truncation policy, given the full encoding that does not fit."""
     agents = [j for j, k in enumerate(turn) if k is not None]
     if len(agents) < 2:
         return None
@@ -335,3 +379,54 @@ def encode_conversation(
             break
         best, drop = fewer, drop - 1
     return best
+
+
+def encode_conversation(
+    tokenizer,
+    messages: list[dict],
+    max_length: int,
+    agent_role: str = "assistant",
+    tools: list[dict] | None = None,
+) -> Encoded | None:
+    """Encode under the truncation policy of this module; None when the conversation cannot fit."""
+    msgs, turn, excluded, tool_arg = _prepare(tokenizer, messages, agent_role, tools)
+    enc, starts = _encode(tokenizer, msgs, turn, excluded, tool_arg)
+    if len(enc.input_ids) <= max_length:
+        return enc
+    return _truncate(tokenizer, msgs, turn, excluded, tool_arg, enc, starts, max_length)
+
+
+def encode_batch(
+    tokenizer,
+    conversations: list[list[dict]],
+    max_length: int,
+    agent_role: str = "assistant",
+    tools: list[list[dict] | None] | None = None,
+) -> list[Encoded | None]:
+    """``encode_conversation`` of each conversation (with ``tools[i]``), the same results, faster: the
+    whole renderings of all of them are tokenized in one batched call; only those longer than
+    ``max_length`` go through the truncation policy one by one."""
+    tools = tools if tools is not None else [None] * len(conversations)
+    if len(tools) != len(conversations):
+        raise ValueError("encode_batch: one tools entry per conversation")
+    try:
+        kwargs = dict(tokenizer.special_tokens_map)
+    except Exception:  # noqa: BLE001 - _renderer reads it itself
+        kwargs = None
+    renderers: dict[str, Any] = {}
+    prepared, texts, spans = [], [], []
+    for messages, conv_tools in zip(conversations, tools, strict=True):
+        msgs, turn, excluded, tool_arg = _prepare(tokenizer, messages, agent_role, conv_tools)
+        if tool_arg is None:  # the common case: one renderer for the batch
+            render = renderers.get("") or renderers.setdefault("", _renderer(tokenizer, None, msgs, kwargs))
+        else:
+            render = _renderer(tokenizer, tool_arg, msgs, kwargs)
+        full, conv_spans = _spans(tokenizer, msgs, turn, excluded, tool_arg, render)
+        prepared.append((msgs, turn, excluded, tool_arg))
+        texts.append(full)
+        spans.append(conv_spans)
+    out: list[Encoded | None] = []
+    for prep, (ids, offsets), conv_spans in zip(prepared, _tokenize(tokenizer, texts), spans, strict=True):
+        enc, starts = _index(ids, offsets, conv_spans)
+        out.append(enc if len(enc.input_ids) <= max_length else _truncate(tokenizer, *prep, enc, starts, max_length))
+    return out
