@@ -161,26 +161,31 @@ def make_pi0(config: CompareConfig, out: Path) -> str:
 
     pi0 = out / "pi0" / "train"
     if not (pi0 / "config.json").exists() or not (out / "pi0" / "bootstrap.json").exists():
+        t0 = time.time()
         run_bootstrap(BootstrapConfig(env=config.env, output=str(out / "pi0"), env_args=list(config.env_args),
                                       contexts=config.bootstrap_contexts, epochs=config.bootstrap_epochs,
                                       learning_rate=config.bootstrap_learning_rate, batch_size=config.batch_size,
                                       eval_contexts=config.bootstrap_eval_contexts, best_of=config.samples_per_context,
                                       max_new_tokens=config.max_new_tokens, seed=config.collect_seed + 7,
                                       progress=config.progress, quiet=not config.progress))
+        print(f"pi_0: bootstrapped in {time.time() - t0:.0f} s", flush=True)
     return str(pi0)
 
 
 def collect_logs(config: CompareConfig, pi0: str, out: Path) -> str:
     if config.data:
         return config.data
+    from rwft.data.io import count_complete_lines
     from rwft.rollout.collect import CollectConfig, run_collect
 
     path = out / "logs.jsonl"
+    t0 = time.time()
     run_collect(CollectConfig(env=config.env, out=str(path), policy=pi0, contexts=config.contexts,
                               samples_per_context=config.samples_per_context, temperatures=list(config.temperatures),
                               seed=config.collect_seed, env_args=list(config.env_args),
                               max_new_tokens=config.max_new_tokens, progress=config.progress,
                               quiet=not config.progress))
+    print(f"logs: {count_complete_lines(path)} episodes of pi_0 in {path} ({time.time() - t0:.0f} s)", flush=True)
     return str(path)
 
 
