@@ -132,6 +132,8 @@ def run_size(n: int, data: Path, work: Path, tiny: Path) -> dict:
     row["train_first"] = train("first")
     done = json.loads(next((cache / "data").glob("encoded-*/done.json")).read_text())
     row["tokenize_s"], row["num_proc"] = done["seconds"], done["num_proc"]
+    row["tokenize_cpu_s"] = done.get("cpu_seconds")
+    row["load_avg_1m"] = os.getloadavg()[0]  # the machine is shared: a load above the cores means contention
     row["train_rerun"] = train("rerun")
     row["validate"] = measure([rwft, "validate", str(data)], env)
     tail = row["validate"]["tail"]
@@ -141,6 +143,8 @@ def run_size(n: int, data: Path, work: Path, tiny: Path) -> dict:
         row["tokens"] = int(next(x.split()[1] for x in out.splitlines() if x.strip().startswith("tokens")))
     row["conversations_per_s"] = n / row["tokenize_s"]
     row["tokens_per_s"] = row["tokens"] / row["tokenize_s"]
+    if row["tokenize_cpu_s"]:  # independent of other load: conversations per CPU-second of the map
+        row["conversations_per_cpu_s"] = n / row["tokenize_cpu_s"]
     return row
 
 
@@ -172,15 +176,17 @@ def _mb(x: float) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| conversations | JSONL MB | train peak RSS MB (largest proc / tree) | validate peak RSS MB | "
-            "first run: data ready / wall s | rerun: data ready / wall s | tokenize s (procs) | conv/s | tokens/s |")
-    lines = [head, "|" + "---|" * 9]
+            "first run: data ready / wall s | rerun: data ready / wall s | tokenize s (procs) | conv/s | tokens/s | "
+            "conv per CPU-s | load avg |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         f, re_, v = r["train_first"], r["train_rerun"], r["validate"]
         lines.append(
             f"| {r['conversations']} | {r['file_mb']:.0f} | {_mb(f['peak_rss'])} / {_mb(f['tree_peak_rss'])} | "
             f"{_mb(v['peak_rss'])} / {_mb(v['tree_peak_rss'])} | {f['ready_s']:.1f} / {f['wall_s']:.1f} | "
             f"{re_['ready_s']:.1f} / {re_['wall_s']:.1f} | {r['tokenize_s']:.1f} ({r['num_proc']}) | "
-            f"{r['conversations_per_s']:.0f} | {r['tokens_per_s']:.0f} |")
+            f"{r['conversations_per_s']:.0f} | {r['tokens_per_s']:.0f} | "
+            f"{r.get('conversations_per_cpu_s') or float('nan'):.0f} | {r.get('load_avg_1m', float('nan')):.1f} |")
     return "\n".join(lines)
 
 

@@ -459,7 +459,7 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
     import datasets
 
     quiet = len(ds) < SMALL_DATA and datasets.utils.logging.is_progress_bar_enabled()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     try:
         if quiet:
             datasets.disable_progress_bars()
@@ -480,7 +480,8 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
             desc="rwft: tokenizing",
         )
         (tmp / "done.json").write_text(json.dumps(  # what it took: ``bench/data_scale.py`` reads it
-            {"rows": len(ds), "max_length": max_length, "num_proc": nproc, "seconds": time.perf_counter() - t0}))
+            {"rows": len(ds), "max_length": max_length, "num_proc": nproc, "seconds": time.perf_counter() - t0,
+             "cpu_seconds": _cpu_seconds() - cpu0}))
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -492,6 +493,14 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
         if quiet:
             datasets.enable_progress_bars()
     return _load_encoded(target, key)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the map's workers, once it returns)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _versions() -> list[str]:
