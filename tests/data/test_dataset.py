@@ -199,3 +199,33 @@ def test_too_long_conversations_are_counted_and_dropped(tmp_path, cache, tok):
     ds, stats = prepare_training_data(path, tok, objective="refit", max_length=64)
     assert stats.too_long == 1 and stats.zero_weight == 1 and stats.kept == 2 and stats.dropped_ids == ["1"]
     assert len(ds) == 2
+
+
+def test_batched_map_equals_one_conversation_at_a_time_with_truncation_tools_and_weight_zero(tmp_path, cache, tok):
+    """The map tokenizes a batch at once (encode_batch); rows equal encode_conversation's, truncated and
+    too-long ones included, with the turn counts and the map's timing in done.json."""
+    from rwft.data.encode import encode_conversation
+
+    records = sample_records(12)
+    records[3]["messages"][0]["content"] = "a very long task " * 200  # too long
+    records[5]["messages"][1]["weight"] = 0
+    records[7]["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    lengths = sorted(len(encode_conversation(tok, r["messages"], 10**9).input_ids) for r in records)
+    max_length = lengths[len(lengths) // 2]  # about half the conversations are truncated
+    enc = encode_dataset(read_dataset(path), tok, max_length, num_proc=1)
+    done = json.loads(next(cache.glob("encoded-*/done.json")).read_text())
+    assert done["rows"] == 12 and done["cpu_seconds"] > 0
+    truncated = 0
+    for rec, row in zip(records, enc, strict=True):
+        want = encode_conversation(tok, rec["messages"], max_length, tools=rec.get("tools"))
+        n_turns = sum(m["role"] == "assistant" for m in rec["messages"])
+        if want is None:
+            assert row["too_long"] and row["input_ids"] == [] and row["turn_tokens"] == [0] * n_turns
+            continue
+        truncated += want.truncated
+        assert (row["input_ids"], row["turn_index"], row["truncated"]) == (
+            want.input_ids, want.turn_index, want.truncated)
+        assert row["turn_tokens"] == [want.turn_index.count(k) for k in range(n_turns)]
+        assert row["agent_tokens"] == sum(row["turn_tokens"]) and row["length"] == len(want.input_ids)
+    assert truncated and enc["too_long"].count(True) == 1
