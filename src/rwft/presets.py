@@ -61,10 +61,9 @@ def quiet_hf():
     ``transformers.utils.logging.is_progress_bar_enabled()``; ``disable_progress_bar`` turns that off
     together with huggingface_hub's own bars (downloads).
     """
+    import datasets
     from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as hf_logging
-
-    import datasets
 
     was_on = hf_logging.is_progress_bar_enabled()
     hub_was_off = are_progress_bars_disabled()
