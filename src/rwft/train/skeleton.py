@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,13 +207,24 @@ class LossBar(TrainerCallback):
             self.bar = None
 
 
+@contextmanager
+def third_party_deprecations():
+    """PEFT's get_peft_model and TRL's DPOTrainer read ``model.is_gradient_checkpointing``, which transformers
+    5.23 deprecates (FutureWarning on every run); rwft's own code never reads it. Only that one message is
+    hidden, only around those calls; remove once PEFT and TRL read ``is_activation_checkpointing``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def add_lora(model, config: RunArguments):
     """Wrap the model in a LoRA adapter on all linear layers (PEFT)."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                       target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    with third_party_deprecations():
+        return get_peft_model(model, lora)
 
 
 def run(config: RunArguments, prepare: Callable, make_trainer: Callable, name: str,
@@ -252,7 +264,8 @@ def run(config: RunArguments, prepare: Callable, make_trainer: Callable, name: s
     resume = resume_point(out, trainer.is_world_process_zero())
     if resume is not None:
         say(f"rwft {name}: resuming from {resume}")
-    with quiet_hf():  # checkpoints: no "Writing model shards" bar under the loss bar
+    # checkpoints: no "Writing model shards" bar under the loss bar
+    with quiet_hf(), third_party_deprecations():
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         if config.lora and config.merge_lora:
             trainer.model = trainer.model.merge_and_unload()
