@@ -217,12 +217,18 @@ def load_model(name_or_path: str, trust_remote_code: bool = False, dtype=None):
 
 
 def _cached(name: str, build) -> Path:
-    """Build a preset into a temporary directory and rename it into place, so a kill leaves no half copy."""
+    """A preset's directory, built once (see ``build_atomically``)."""
     target = cache_dir() / name
     if (target / "config.json").exists():
         return target
+    return build_atomically(target, build)
+
+
+def build_atomically(target: Path, build) -> Path:
+    """``build(tmp)`` into a temporary directory beside ``target``, then rename it into place, so a killed
+    run leaves no half copy and concurrent runs (the processes of one launch) never read one."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         build(tmp)
         try:

@@ -2,10 +2,7 @@
 
 Three stages, each cached on disk under ``$RWFT_CACHE/data`` (default ``~/.cache/rwft/data``):
 
-1. ``read_dataset``: JSONL / Parquet / a ``save_to_disk`` directory is streamed record by record through
-   ``parse_conversation`` (errors keep the ``file:line: field '...'`` form) into one Arrow file, written
-   under a temporary name and renamed on success. Key: absolute path, size, mtime_ns, agent role,
-   require_reward and the format version. A hit is memory-mapped (well under a second).
+1. ``read_dataset`` (``data.arrow``): the logs, streamed and checked, into one memory-mapped Arrow file.
 2. ``encode_dataset``: a batched, multi-process ``datasets.map`` that tokenizes every conversation with
    the chat template; its output (``input_ids``, ``turn_index``, ...) does not depend on the objective.
    Key: the data key, a hash of the tokenizer (vocab, merges, chat template, special tokens), max_length,
@@ -26,16 +23,15 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rwft.data.arrow import _digest, data_cache_dir, read_dataset
 from rwft.data.conversation import Conversation
 from rwft.data.io import iter_conversations
 from rwft.data.weighting import (  # noqa: F401 (turn_weights and the column functions re-exported)
@@ -50,131 +46,15 @@ from rwft.data.weighting import (  # noqa: F401 (turn_weights and the column fun
     turn_weights,
 )
 from rwft.errors import RwftError
+from rwft.presets import build_atomically, quiet_hf
 
-READ_VERSION = "r1"
 ENCODE_VERSION = "e1"
-WRITE_ROWS = 8192  # conversations per Arrow record batch while reading
 SMALL_DATA = 2000  # below this many conversations, tokenize in this process
 
 __all__ = [
     "OBJECTIVES", "EncodeStats", "build_sequences", "column_turn_weights", "data_cache_dir", "encode_dataset",
     "iter_conversations", "prepare_training_data", "read_dataset", "tokenizer_fingerprint", "turn_weights",
 ]
-
-
-def data_cache_dir() -> Path:
-    """``$RWFT_CACHE/data`` (default ``~/.cache/rwft/data``)."""
-    from rwft.presets import cache_dir
-
-    return cache_dir() / "data"
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-# ----------------------------------------------------------------------------------------------- reading
-
-
-def _schema():
-    import pyarrow as pa
-
-    return pa.schema([
-        ("id", pa.string()),
-        ("context_id", pa.string()),
-        ("reward", pa.float64()),
-        ("messages", pa.large_string()),  # JSON: the checked messages
-        ("tools", pa.string()),  # JSON or null
-        ("metadata", pa.string()),  # JSON
-        ("turn_rewards", pa.list_(pa.float64())),  # Conversation.turn_rewards: one per agent turn
-        ("turn_mask", pa.list_(pa.float64())),  # 0 for an agent message with weight 0, else 1
-        ("has_turn_rewards", pa.bool_()),  # some message carries its own reward
-    ])
-
-
-def _source_stamp(path: Path) -> list:
-    if path.is_dir():
-        return sorted(
-            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in path.rglob("*") if f.is_file()
-        )
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _row(conv: Conversation, agent_role: str) -> tuple:
-    turns = conv.agent_turns(agent_role)
-    tools = getattr(conv, "tools", None)
-    return (
-        conv.id,
-        conv.context_id,
-        conv.reward,
-        json.dumps(conv.messages, ensure_ascii=False),
-        None if tools is None else json.dumps(tools, ensure_ascii=False),
-        json.dumps(conv.metadata, ensure_ascii=False),
-        conv.turn_rewards(agent_role),
-        [0.0 if conv.messages[i].get("weight", 1) == 0 else 1.0 for i in turns],
-        any("reward" in m for m in conv.messages),
-    )
-
-
-def _write_arrow(path: Path, convs: Iterable[Conversation], agent_role: str) -> int:
-    import pyarrow as pa
-
-    schema = _schema()
-    n = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        buf: list[tuple] = []
-
-        def flush() -> None:
-            cols = list(zip(*buf, strict=True))
-            writer.write_batch(pa.RecordBatch.from_arrays(
-                [pa.array(c, type=f.type) for c, f in zip(cols, schema, strict=True)], schema=schema))
-            buf.clear()
-
-        for conv in convs:
-            buf.append(_row(conv, agent_role))
-            n += 1
-            if len(buf) >= WRITE_ROWS:
-                flush()
-        if buf:
-            flush()
-    return n
-
-
-def _atomic_file(target: Path, write) -> None:
-    """Run ``write(tmp)`` on a temporary file next to ``target`` and rename it into place on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_dataset(path: str | Path, agent_role: str = "assistant", require_reward: bool = True):
-    """The checked conversations of a JSONL / Parquet file or a datasets directory as a memory-mapped
-    ``datasets.Dataset`` (columns id, context_id, reward, messages, tools, metadata as JSON strings, plus
-    turn_rewards, turn_mask and has_turn_rewards). Streams; cached; RwftError (``file:line: field ...``)
-    at the first bad record, leaving no cache file."""
-    import datasets
-    from datasets.table import MemoryMappedTable
-
-    p = Path(path).resolve()
-    if not p.exists():
-        raise RwftError(f"{path}: no such file or directory")
-    key = _digest(READ_VERSION, str(p), _source_stamp(p), agent_role, require_reward)
-    target = data_cache_dir() / f"conversations-{key}.arrow"
-    if not target.exists():
-        count = []
-
-        def write(tmp: Path) -> None:
-            count.append(_write_arrow(tmp, iter_conversations(path, agent_role, require_reward), agent_role))
-
-        _atomic_file(target, write)
-    return datasets.Dataset(MemoryMappedTable.from_file(str(target)), fingerprint=key)
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -309,17 +189,10 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
     target = data_cache_dir() / f"encoded-{key}"
     if (target / "done.json").exists():
         return _load_encoded(target, key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".encoded-{key}.", dir=target.parent))
-    import datasets
+    nproc = max(1, min(num_proc or default_num_proc(len(ds)), len(ds)))
 
-    quiet = len(ds) < SMALL_DATA and datasets.utils.logging.is_progress_bar_enabled()
-    t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    try:
-        if quiet:
-            datasets.disable_progress_bars()
-        nproc = num_proc or default_num_proc(len(ds))
-        nproc = max(1, min(nproc, len(ds)))
+    def build(tmp: Path) -> None:
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         ds.select_columns(["messages", "tools"]).map(
             _encode_batch,
             batched=True,
@@ -337,16 +210,9 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
         (tmp / "done.json").write_text(json.dumps(  # what it took: ``bench/data_scale.py`` reads it
             {"rows": len(ds), "max_length": max_length, "num_proc": nproc, "seconds": time.perf_counter() - t0,
              "cpu_seconds": _cpu_seconds() - cpu0}))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if quiet:
-            datasets.enable_progress_bars()
+
+    with quiet_hf() if len(ds) < SMALL_DATA else nullcontext():  # a bar only where tokenizing takes a while
+        build_atomically(target, build)
     return _load_encoded(target, key)
 
 
