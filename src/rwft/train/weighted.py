@@ -8,6 +8,7 @@ directory, resume, LoRA and saving are the skeleton's (``train.skeleton``), so `
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,11 @@ from rwft.train import skeleton
 class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """Options of ``rwft train``: rwft's own, then every option of transformers' TrainingArguments."""
 
-    objective: Literal["sft", "filtered", "refit", "swift", "per-turn"] = "refit"
+    objective: Literal["sft", "filtered", "refit", "swift", "per-turn", "qsft", "star-gate-d"] = "refit"
     """How rewards become token weights: sft 1; filtered 1 for the top-k per context; refit r;
-    swift (r - context mean) / context std; per-turn the agent turn's discounted reward-to-go."""
+    swift (r - context mean) / context std; per-turn the agent turn's discounted reward-to-go.
+    Two have losses of their own: qsft (Q-learning as SFT, train.qsft) and star-gate-d (filtered plus
+    distillation toward the starting model, train.distill)."""
     max_length: int = 1024
     """Longest sequence in tokens; longer conversations lose their oldest exchanges (see data.encode)."""
     top_k: int = 1
@@ -160,6 +163,13 @@ def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> 
     )
 
 
+# Objectives with a loss of their own: the module that gives their ``prepare`` and ``make_trainer``.
+OWN_TRAINER = {"qsft": "rwft.train.qsft", "star-gate-d": "rwft.train.distill"}
+
+
 def train(config: TrainConfig, callbacks: list | None = None) -> Path:
     """Train as configured and return the run directory. Resumes when the directory holds a checkpoint."""
+    if config.objective in OWN_TRAINER:
+        module = importlib.import_module(OWN_TRAINER[config.objective])
+        return skeleton.run(config, module.prepare, module.make_trainer, "train", callbacks)
     return skeleton.run(config, prepare, make_trainer, "train", callbacks)
