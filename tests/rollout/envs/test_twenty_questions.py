@@ -92,3 +92,32 @@ def test_good_play_guesses_the_last_few_candidates_in_turn():
         assert env.outcome(ep)["won"]
         left_at_first_guess.append(len(cands))
     assert max(left_at_first_guess) > 1  # some games guess before a single candidate is left
+
+
+def test_prefix_scores_of_a_hand_built_game():
+    """Candidates left after each turn counted by hand from the table: 17 living objects, 4 of them mammals,
+    3 once the cat is ruled out, 1 that barks. R(<=t) = -(t + log2 n_t + 1); at the win, the reward."""
+    import math
+
+    from rwft.rollout.envs.base import Task
+    from rwft.rollout.envs.twenty_questions import remaining_candidates
+
+    env = make_env("twenty-questions")
+    ep = env.start(Task("t", {"object": "dog"}))
+    turns = ["Is it alive?", "Tell me about it.", "Is it a mammal?", "Is it a cat?", "Does it bark?", "Is it a dog?"]
+    scores, counts = [], []
+    for text in turns:
+        env.step(ep, text)
+        prefix = ep.messages[:-1]  # up to the agent's turn, without the oracle's reply
+        counts.append(len(remaining_candidates(prefix, "dog")))
+        scores.append(env.prefix_score(prefix, env.outcome(ep)))
+    assert counts == [17, 17, 4, 3, 1, 0]
+    expected = [-(1 + math.log2(17) + 1), -(2 + math.log2(17) + 1), -6.0, -(4 + math.log2(3) + 1), -6.0, -6.0]
+    assert scores == pytest.approx(expected)
+    assert scores[-1] == env.outcome(ep)["reward"]
+    # a turn that eliminates nothing costs exactly its turn
+    assert scores[1] - scores[0] == pytest.approx(-1.0)
+    short = make_env("twenty-questions", ["horizon=3"])
+    assert short.prefix_score(ep.messages[:2], {"gold": "dog"}) == -3.0  # never below the loss's -horizon
+    assert env.prefix_score(ep.messages[:2], {"gold": "unicorn"}) is None
+    assert make_env("mcqa").prefix_score(ep.messages[:2], {"gold": "A"}) is None

@@ -11,6 +11,8 @@ policy of an environment, its judges and the writer all see the same thing.
   the final answer found, whether it was correct, the turns used); written into ``metadata``.
 - ``scripted_action(episode, rng, skill)``: a rule-based agent turn of quality ``skill`` in [0, 1]
   (1 plays well, 0 plays badly); it may read the hidden task. For tests and bootstrapping pi_0.
+- ``prefix_score(messages, metadata)`` (optional): the expected reward of a conversation cut after an
+  agent turn, for turn-level credit (``rwft label --per-turn``); None (the default) when unknown.
 
 Any agent text has a defined result: texts are cut to ``MAX_ACTION_CHARS`` (flagged in the outcome),
 and text the environment cannot read (empty, another language, no final answer) gets a fixed reply
@@ -88,6 +90,15 @@ class Environment(ABC):
 
     @abstractmethod
     def scripted_action(self, episode: Episode, rng: random.Random, skill: float) -> str: ...
+
+    def prefix_score(self, messages: list[dict[str, Any]], metadata: dict[str, Any]) -> float | None:
+        """The environment's estimate of the reward of a conversation cut after an agent turn, on the scale
+        of ``outcome``'s reward, or None when the environment cannot tell (the default).
+
+        ``messages`` end with the agent's turn; ``metadata`` is the logged record's (what ``outcome`` wrote,
+        such as ``gold``). ``rwft label --per-turn --judge env`` redistributes the reward with it
+        (``rwft.objectives.credit``). An environment that knows progress overrides this."""
+        return None
 
     def add_agent_message(self, episode: Episode, action: str) -> str:
         """Append the agent's (possibly cut) text and count the turn; returns the text kept."""

@@ -9,7 +9,8 @@ The oracle holds a hidden object from an attribute table. Each agent turn is one
   -> the fixed reply ``UNCLEAR``; it still costs the turn.
 
 Reward -1 per agent turn (also written on each agent message as a per-turn reward), horizon 20: a win
-at turn k scores -k, no win scores -20.
+at turn k scores -k, no win scores -20. ``prefix_score`` rates a game in progress by the candidates left
+(for ``rwft label --per-turn``; see there).
 
 The scripted agent tracks the candidates consistent with the replies. A good turn (probability
 ``skill``) asks the question that splits them most evenly, or guesses them in turn once ``GUESS_AT``
@@ -18,6 +19,7 @@ or fewer are left; a poor turn asks a random question, says something unclear or
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -125,6 +127,23 @@ def parse_turn(text: str) -> tuple[str, str | None]:
     return "unclear", None
 
 
+def remaining_candidates(messages: list[dict[str, Any]], gold: str) -> list[str]:
+    """The objects consistent with the oracle's answers to the agent's turns in ``messages`` when the hidden
+    object is ``gold`` (the replies are recomputed, not read); empty once ``gold`` has been guessed."""
+    cands = sorted(OBJECTS)
+    for m in messages:
+        if m["role"] != "assistant":
+            continue
+        kind, arg = parse_turn(m["content"])
+        if kind == "guess":
+            if arg == gold:
+                return []
+            cands = [o for o in cands if o != arg]
+        elif kind == "ask":
+            cands = [o for o in cands if (arg in OBJECTS[o]) == (arg in OBJECTS[gold])]
+    return cands
+
+
 class TwentyQuestionsEnv(Environment):
     name = "twenty-questions"
 
@@ -180,6 +199,24 @@ class TwentyQuestionsEnv(Environment):
             "guesses": len(ep.state.get("guesses", [])),
             "unclear_turns": ep.state.get("unclear", 0),
         }
+
+    def prefix_score(self, messages: list[dict[str, Any]], metadata: dict[str, Any]) -> float | None:
+        """The reward an ideal player would still get from this prefix: -(t + log2(n_t) + 1), at least
+        -horizon, where t is the agent turns so far and n_t the objects still consistent with the oracle's
+        replies (``remaining_candidates``); -t once the object was guessed.
+
+        Singling out one of n objects takes log2(n) yes/no answers, then one guess; so the final reward
+        -turns is matched exactly at a win, and the redistributed credit of a turn is -1 plus the bits it
+        gained: 0 for a question that halves the candidates (or a last right guess), -1 for a turn that
+        eliminates nothing, more than 0 for a lucky early guess."""
+        gold = metadata.get("gold")
+        if gold not in OBJECTS:
+            return None
+        turns = sum(m["role"] == "assistant" for m in messages)
+        n = len(remaining_candidates(messages, gold))
+        if n == 0:
+            return -float(turns)
+        return max(-float(self.options.horizon), -(turns + math.log2(n) + 1.0))
 
     def scripted_action(self, ep: Episode, rng: random.Random, skill: float) -> str:
         s = ep.state.setdefault("_scripted", {"cands": sorted(OBJECTS), "asked": []})
