@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "collect": ("rwft.rollout.collect", "CollectConfig", "run_collect", "run a policy in an environment, log episodes"),
     "label": ("rwft.rollout.label", "LabelConfig", "run_label", "add or replace rewards on logs with a judge"),
     "bootstrap": ("rwft.recipes.bootstrap", "BootstrapConfig", "run_bootstrap", "make pi_0 by SFT on scripted play"),
+    "iterate": ("rwft.recipes.iterate", "IterateConfig", "run_iterate", "collect and train in a loop, syncing every S steps"),
 }
 
 

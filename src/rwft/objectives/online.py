@@ -1,0 +1,105 @@
+"""Pure math of online training (``rwft iterate``): group advantages, online preference pairs, the DPO and
+GRPO losses, and the per-token KL and entropy that are logged. Imports nothing else of rwft.
+
+The losses follow TRL's trainers term for term (``DPOTrainer`` with ``loss_type="sigmoid"``, ``GRPOTrainer``
+with ``loss_type="grpo"``), whose versions live inside trainer methods and cannot be called on their own.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+SIGMA_EPS = 1e-6
+
+
+def _groups(groups: Sequence[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        out.setdefault(g, []).append(i)
+    return out
+
+
+def grpo_advantages(rewards: Sequence[float], groups: Sequence[str], scale: bool = False) -> list[float]:
+    """GRPO's group advantage: A_i = r_i - mean_{j in g(i)} r_j, divided by the group's population std when
+    ``scale`` (groups whose std is below 1e-6 then get A = 0). With ``scale`` this is Swift's weight
+    (``objectives.weights.swift_weights``) on fresh samples; Bridging uses the mean only."""
+    adv = [0.0] * len(rewards)
+    for idx in _groups(groups).values():
+        rs = [float(rewards[i]) for i in idx]
+        mu = sum(rs) / len(rs)
+        sigma = math.sqrt(sum((r - mu) ** 2 for r in rs) / len(rs))
+        for i in idx:
+            if not scale:
+                adv[i] = rewards[i] - mu
+            elif sigma >= SIGMA_EPS:
+                adv[i] = (rewards[i] - mu) / sigma
+    return adv
+
+
+def online_pairs(rewards: Sequence[float], groups: Sequence[str], verifiable: bool, rng: random.Random,
+                 threshold: float = 0.5) -> tuple[list[tuple[int, int]], int]:
+    """(chosen, rejected) index pairs, one per group, and the number of groups skipped (Bridging, sec. 3).
+
+    Verifiable rewards: chosen = a random response with r >= threshold, rejected = a random one below it;
+    a group whose responses are all right or all wrong is skipped. Otherwise: chosen = the best, rejected =
+    the worst (the first in order on ties); a group whose rewards are all equal is skipped. Groups are
+    visited in order of first appearance, and ``rng`` is drawn from only for verifiable groups kept."""
+    pairs, skipped = [], 0
+    for idx in _groups(groups).values():
+        if verifiable:
+            good = [i for i in idx if rewards[i] >= threshold]
+            bad = [i for i in idx if rewards[i] < threshold]
+            if not good or not bad:
+                skipped += 1
+                continue
+            pairs.append((rng.choice(good), rng.choice(bad)))
+        else:
+            best = max(idx, key=lambda i: rewards[i])  # max/min keep the first of equal values
+            worst = min(idx, key=lambda i: rewards[i])
+            if rewards[best] - rewards[worst] <= 0:
+                skipped += 1
+                continue
+            pairs.append((best, worst))
+    return pairs, skipped
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """L = - mean_pairs log sigmoid( beta * ( log pi(y+)/pi_ref(y+) - log pi(y-)/pi_ref(y-) ) ), each log pi
+    the sum over the response's tokens (TRL's ``sigmoid`` loss)."""
+    delta = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+    return -F.logsigmoid(beta * delta).mean()
+
+
+def per_token_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """The k3 estimate of KL(pi || pi_ref) per sampled token: exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+def grpo_loss(logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
+              kl_coef: float) -> torch.Tensor:
+    """Strictly on-policy GRPO (one optimizer step per batch, so the ratio pi/pi_old is 1 and clipping is void):
+
+        L = mean_i [ sum_t m_it * ( -exp(logp_it - sg(logp_it)) * A_i + kl_coef * k3_it ) / sum_t m_it ]
+
+    (TRL's ``grpo`` normalization; the exp(.) is 1 but carries the gradient of logp). ``logps``, ``ref_logps``
+    and ``mask`` are [B, T] over the sampled tokens, ``advantages`` [B]."""
+    mask = mask.to(logps.dtype)
+    per_token = -torch.exp(logps - logps.detach()) * advantages[:, None]
+    if kl_coef and ref_logps is not None:
+        per_token = per_token + kl_coef * per_token_kl(logps, ref_logps)
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+
+
+def masked_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token entropy H_t = - sum_v p_t(v) log p_t(v) over the positions where ``mask`` is set."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    h = -(logp.exp() * logp).sum(-1)
+    m = mask.to(h.dtype)
+    return (h * m).sum() / m.sum().clamp(min=1.0)

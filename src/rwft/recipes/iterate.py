@@ -1,0 +1,303 @@
+"""``rwft iterate``: collect with a generator copy of the policy, train, and sync every S steps (semi-online RL).
+
+Each optimizer step k draws ``prompts_per_step`` fresh tasks (split over the environments by
+``--env-weights``; the tasks of step k depend only on (seed, k, environment)), the generator plays
+``group_size`` episodes of each with rwft's batched collector at ``--temperature``, the environments
+(or their judges) give the rewards, and the trainer takes one step on them (``train.online.Learner``).
+After steps S, 2S, ... the generator takes the trainer's weights (and the reference too with
+``--sync-reference``). ``--sync-every 1`` is online; ``--sync-every never`` keeps pi_0 as the generator,
+so every step trains on pi_0's samples: offline training on data from pi_0 with the same budget of steps
+and episodes (Bridging's s = infinity).
+
+The run directory holds ``rwft_config.yaml``, ``steps.jsonl`` (one line per step: mean reward per
+environment, the generator's next-token entropy on its samples, response length, KL to the reference,
+steps since the last sync, seconds spent generating / training / syncing, the loss), ``episodes.jsonl``
+(every episode, with its step), ``curves.png``, ``state.pt`` (the last checkpoint) and ``model/`` (the final
+trainer, save_pretrained). The state is saved after every sync (every ``--save-every`` steps with
+``never``): the trainer, its optimizer, the torch RNG and the step; the generator and the reference need
+no copy, since at a sync they equal the trainer (or are pi_0). Killed and rerun with the same command,
+the run continues from that step, with the logs cut back to it: nothing is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rwft.errors import RwftError
+
+VERIFIABLE = ("mcqa", "twenty-questions")
+NEUTRAL = ("progress", "quiet", "threads")
+
+
+@dataclass
+class IterateConfig:
+    """Options of ``rwft iterate``."""
+
+    output: str
+    """Run directory (config, step log, episodes, curves, checkpoint, final model); rerun to resume."""
+    env: list[str] = field(default_factory=lambda: ["clarify"])
+    """Environment(s) to collect in: mcqa, clarify, twenty-questions; several mix their prompts in each step."""
+    env_args: list[str] = field(default_factory=list)
+    """Environment options as key=value; with several environments, ENV.key=value (e.g. clarify.source=requests)."""
+    env_weights: list[float] = field(default_factory=list)
+    """Share of each step's prompts per environment (default: equal)."""
+    policy: str = "tiny"
+    """pi_0: a preset, a model directory or a hub id; trainer, generator and reference all start from it."""
+    objective: str = "dpo"
+    """dpo (online DPO), grpo, swift or refit."""
+    sync_every: str = "1"
+    """Optimizer steps between syncs of the generator with the trainer: 1 online, S semi-online, never offline."""
+    sync_reference: bool = False
+    """At each sync the reference (DPO's pi_ref, GRPO's KL anchor, the logged KL) takes the weights too."""
+    steps: int = 20
+    """Optimizer steps."""
+    prompts_per_step: int = 8
+    """Fresh tasks (prompts) per step."""
+    group_size: int = 4
+    """Episodes per task G (GRPO's group, DPO's candidates, Swift's context)."""
+    temperature: float = 1.0
+    """Sampling temperature of the generator."""
+    max_new_tokens: int = 48
+    """Tokens generated per agent turn."""
+    learning_rate: float = 1e-4
+    """Learning rate (AdamW, constant)."""
+    adam_epsilon: float = 1e-8
+    """AdamW's epsilon (Bridging used 1e-4 for verifiable DPO)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    beta: float = 0.1
+    """DPO's beta."""
+    kl_coef: float = 0.001
+    """GRPO's KL coefficient to the reference."""
+    scale_advantages: bool = False
+    """GRPO: divide advantages by the group's std (then GRPO's weights are Swift's)."""
+    pairing_threshold: float = 0.5
+    """DPO on verifiable environments (mcqa, twenty-questions): a response is correct when reward >= this."""
+    max_length: int = 512
+    """Longest episode in tokens for training (oldest exchanges dropped beyond it)."""
+    seed: int = 0
+    """Seed of the tasks, the sampling and the pairs."""
+    save_every: int = 10
+    """With --sync-every never: steps between checkpoints (otherwise a checkpoint follows each sync)."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+    progress: bool = True
+    """Show a progress bar over the steps."""
+    quiet: bool = False
+    """Print nothing."""
+
+    def interval(self) -> int | None:
+        """S as a number (None: never)."""
+        text = str(self.sync_every).strip().lower()
+        if text == "never":
+            return None
+        try:
+            s = int(text)
+        except ValueError:
+            s = 0
+        if s < 1:
+            raise RwftError(f"--sync-every {self.sync_every}: expected a positive integer or never")
+        return s
+
+    def check(self) -> None:
+        from rwft.train.online import OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise RwftError(f"--objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        self.interval()
+        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "max_length", "save_every"):
+            if getattr(self, name) < 1:
+                raise RwftError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a positive integer")
+        if self.group_size < 2 and self.objective != "refit":
+            raise RwftError(f"--group-size {self.group_size}: {self.objective} compares the samples of a task; "
+                            "expected 2 or more")
+        if self.env_weights and len(self.env_weights) != len(self.env):
+            raise RwftError(f"--env-weights: {len(self.env_weights)} weights for {len(self.env)} environments")
+        if any(w < 0 for w in self.env_weights) or (self.env_weights and sum(self.env_weights) <= 0):
+            raise RwftError(f"--env-weights {self.env_weights}: expected non-negative weights, not all 0")
+        if len(set(self.env)) != len(self.env):
+            raise RwftError(f"--env {self.env}: each environment once")
+        if self.temperature < 0 or self.learning_rate <= 0 or self.beta <= 0 or self.kl_coef < 0:
+            raise RwftError("--temperature, --learning-rate, --beta, --kl-coef: expected >= 0 (rate, beta > 0)")
+
+
+def env_options(config: IterateConfig) -> dict[str, list[str]]:
+    """Each environment's key=value options from --env-args (ENV.key=value with several environments)."""
+    per: dict[str, list[str]] = {e: [] for e in config.env}
+    for arg in config.env_args:
+        key = arg.split("=", 1)[0]
+        if "." in key and key.split(".", 1)[0] in per:
+            name, rest = arg.split(".", 1)
+            per[name].append(rest)
+        elif len(config.env) == 1:
+            per[config.env[0]].append(arg)
+        else:
+            raise RwftError(f"--env-args {arg}: with several environments write ENV.key=value")
+    return per
+
+
+def prompt_split(n: int, weights: list[float]) -> list[int]:
+    """n prompts split by weights, largest remainders first (ties: the earlier environment)."""
+    total = sum(weights)
+    exact = [n * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _cut_jsonl(path: Path, keep) -> None:
+    if path.exists():
+        lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        kept = []
+        for line in lines:
+            try:
+                if keep(json.loads(line)):
+                    kept.append(line)
+            except json.JSONDecodeError:  # a torn last line
+                continue
+        path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+
+
+def _save_state(out: Path, learner, step: int, generator_step: int) -> None:
+    import torch
+
+    tmp = out / ".state.pt.tmp"
+    torch.save({"step": step, "generator_step": generator_step, **learner.state()}, tmp)
+    os.replace(tmp, out / "state.pt")
+
+
+def run_iterate(config: IterateConfig) -> dict[str, Any]:
+    """Run (or resume) the loop; returns a summary (steps done, the last step's line, paths)."""
+    from tqdm.auto import tqdm
+
+    from rwft.presets import locate_model
+    from rwft.rollout.collect import episode_records, run_episodes
+    from rwft.rollout.envs.base import make_env, stable_int
+    from rwft.rollout.judges import make_judge
+    from rwft.train import skeleton
+    from rwft.train.online import Learner, LearnerSettings
+
+    config.check()
+    interval = config.interval()
+    envs = {name: make_env(name, args) for name, args in env_options(config).items()}
+    locate_model(config.policy)
+    out = Path(config.output)
+    resolved = {k: v for k, v in dataclasses.asdict(config).items() if k not in NEUTRAL}
+    skeleton.check_config(out, resolved)
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    learner = Learner(LearnerSettings(
+        model=config.policy, objective=config.objective, learning_rate=config.learning_rate,
+        adam_epsilon=config.adam_epsilon, max_grad_norm=config.max_grad_norm, beta=config.beta,
+        kl_coef=config.kl_coef, scale_advantages=config.scale_advantages, max_length=config.max_length,
+        max_new_tokens=config.max_new_tokens))
+    judge = make_judge("env")
+    skeleton.write_config(out, resolved)
+    say = (lambda *_: None) if config.quiet else print
+    steps_log, episodes_log = out / "steps.jsonl", out / "episodes.jsonl"
+    start, generator_step = 0, 0
+    if (out / "state.pt").exists():
+        import torch
+
+        state = torch.load(out / "state.pt", weights_only=False)
+        start, generator_step = state["step"], state["generator_step"]
+        learner.load_state(state, generator_synced=generator_step == start and start > 0,
+                           reference_synced=config.sync_reference)
+        say(f"rwft iterate: resuming at step {start}")
+    _cut_jsonl(steps_log, lambda r: r["step"] <= start)
+    _cut_jsonl(episodes_log, lambda r: r["metadata"]["iterate_step"] <= start)
+    counts = prompt_split(config.prompts_per_step, config.env_weights or [1.0] * len(envs))
+    bar = tqdm(total=config.steps, initial=start, desc=f"rwft iterate {config.objective}", unit="step",
+               disable=config.quiet or not config.progress)
+    last: dict[str, Any] = {}
+    for step in range(start, config.steps):
+        t0 = time.perf_counter()
+        records, verifiable = [], []
+        for (name, env), n in zip(envs.items(), counts, strict=True):
+            if n == 0:
+                continue
+            step_seed = stable_int("iterate", config.seed, step, name) % 2**31
+            tasks = env.tasks(n, step_seed)
+            order = [(t, j) for t in tasks for j in range(config.group_size)]
+            samples = [j for _, j in order]
+            temps = [config.temperature] * len(order)
+            episodes = run_episodes(env, learner.generator, [t for t, _ in order], samples, temps, step_seed)
+            recs = episode_records(env, judge, config.policy, episodes, samples, temps, step_seed)
+            for r in recs:
+                r["metadata"]["iterate_step"] = step + 1
+            records += recs
+            verifiable += [name in VERIFIABLE] * len(recs)
+        t1 = time.perf_counter()
+        rng = random.Random(stable_int("pairs", config.seed, step))
+        metrics = learner.step(records, rng, verifiable)
+        t2 = time.perf_counter()
+        synced = interval is not None and (step + 1) % interval == 0
+        if synced:
+            learner.sync(config.sync_reference)
+        t3 = time.perf_counter()
+        line = {"step": step + 1, "reward": sum(r["reward"] for r in records) / len(records)}
+        for name in envs:
+            rs = [r["reward"] for r in records if r["metadata"]["env"] == name]
+            if rs:
+                line[f"reward/{name}"] = sum(rs) / len(rs)
+        line.update(metrics)
+        line.update(steps_since_sync=step - generator_step, episodes=len(records), generate_s=t1 - t0,
+                    train_s=t2 - t1, sync_s=t3 - t2)
+        if synced:
+            generator_step = step + 1
+        with episodes_log.open("a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        with steps_log.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        if synced or (interval is None and (step + 1) % config.save_every == 0) or step + 1 == config.steps:
+            _save_state(out, learner, step + 1, generator_step)
+        bar.set_postfix(reward=f"{line['reward']:.3f}", refresh=False)
+        bar.update(1)
+        last = line
+    bar.close()
+    from rwft.presets import quiet_hf
+
+    with quiet_hf():
+        learner.model.save_pretrained(out / "model")
+        learner.tok.save_pretrained(out / "model")
+    plot_steps(steps_log, out / "curves.png")
+    say(f"rwft iterate: wrote {out}")
+    return {"steps": config.steps, "last": last, "output": str(out)}
+
+
+def plot_steps(steps_log: Path, path: Path) -> None:
+    """Reward per environment, entropy, response length, KL, loss and the time split against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in steps_log.read_text().splitlines() if x.strip()]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    panels = [("reward", [k for k in rows[0] if k.startswith("reward")]), ("next-token entropy", ["entropy"]),
+              ("response tokens", ["response_tokens"]), ("KL to reference", ["kl"]), ("loss", ["loss"]),
+              ("seconds", ["generate_s", "train_s", "sync_s"])]
+    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
+        for k in keys:
+            ax.plot(steps, [r.get(k, float("nan")) for r in rows], label=k)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,69 @@
+import math
+import random
+
+import pytest
+import torch
+
+from rwft.objectives.online import (dpo_loss, grpo_advantages, grpo_loss, masked_entropy, online_pairs,
+                                    per_token_kl)
+
+
+def test_grpo_advantages_by_hand():
+    r = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.9]
+    g = ["a", "a", "a", "a", "b", "b", "c"]
+    assert grpo_advantages(r, g) == pytest.approx([0.5, -0.5, -0.5, 0.5, 0.0, 0.0, 0.0])
+    # with the std (population std of a is 0.5): Swift's weights; equal groups get 0
+    assert grpo_advantages(r, g, scale=True) == pytest.approx([1.0, -1.0, -1.0, 1.0, 0.0, 0.0, 0.0])
+    r2 = [0.9, 0.0, 1.0]
+    assert grpo_advantages(r2, ["x"] * 3) == pytest.approx([0.9 - 19 / 30, -19 / 30, 1 - 19 / 30])
+
+
+def test_verifiable_pairs_random_correct_vs_incorrect_and_skips():
+    r = [1, 0, 1, 0, 1, 1, 0, 0, 1, 0, 0]
+    g = ["a"] * 4 + ["b"] * 2 + ["c"] * 2 + ["d"] * 3
+    pairs, skipped = online_pairs(r, g, True, random.Random(3))
+    assert skipped == 2  # b all right, c all wrong
+    rng = random.Random(3)  # the same draws by hand: group a then d, chosen before rejected
+    expect = [(rng.choice([0, 2]), rng.choice([1, 3])), (rng.choice([8]), rng.choice([9, 10]))]
+    assert pairs == expect
+    for c, j in pairs:
+        assert r[c] >= 0.5 > r[j] and g[c] == g[j]
+    seen = {online_pairs(r, g, True, random.Random(s))[0][0] for s in range(40)}
+    assert seen == {(0, 1), (0, 3), (2, 1), (2, 3)}  # every correct/incorrect combination is drawn
+
+
+def test_best_worst_pairs():
+    r = [0.2, 0.9, 0.9, 0.1, 0.4, 0.4]
+    g = ["a"] * 4 + ["b"] * 2
+    pairs, skipped = online_pairs(r, g, False, random.Random(0))
+    assert pairs == [(1, 3)] and skipped == 1  # ties: the first best; group b has no gap
+
+
+def test_dpo_loss_by_hand():
+    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.1)
+    assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-0.2))))
+
+
+def test_grpo_loss_value_and_gradient_on_policy():
+    logps = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([2.0, -1.0])
+    loss = grpo_loss(logps, None, adv, mask, 0.0)
+    assert float(loss.detach()) == pytest.approx((-2.0 + 1.0) / 2)  # the ratio is 1 on policy
+    loss.backward()
+    expect = torch.tensor([[-2 / 2 / 2, -2 / 2 / 2, 0.0], [1 / 3 / 2] * 3])  # -A_i / |y_i| / B
+    assert torch.allclose(logps.grad, expect)
+    ref = torch.tensor([[-1.5, -2.0, 0.0], [-0.5, -0.5, -0.5]])
+    with_kl = grpo_loss(logps.detach(), ref, adv, mask, 0.5)
+    k3 = math.exp(-0.5) + 0.5 - 1
+    assert float(with_kl) == pytest.approx((-2.0 + 0.5 * k3 / 2 + 1.0) / 2)
+
+
+def test_kl_and_entropy():
+    a = torch.tensor([-1.0, -2.0])
+    assert torch.all(per_token_kl(a, a) == 0)
+    assert torch.all(per_token_kl(a, a - 0.3) > 0) and torch.all(per_token_kl(a, a + 0.3) > 0)
+    logits = torch.zeros(1, 2, 8)
+    logits[0, 1, 0] = 100.0  # position 1 is certain
+    assert float(masked_entropy(logits, torch.tensor([[1, 0]]))) == pytest.approx(math.log(8))
+    assert float(masked_entropy(logits, torch.tensor([[0, 1]]))) == pytest.approx(0.0, abs=1e-6)
