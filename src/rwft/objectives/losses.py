@@ -1,4 +1,4 @@
-"""The one loss every reward-weighted objective shares."""
+"""The losses of the reward-weighted objectives: weighted NLL, and STaR-GATE-D's distillation term."""
 
 from __future__ import annotations
 
@@ -32,6 +32,43 @@ def weighted_nll(
     mask = labels != -100
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="none")
     total = (nll * weights.reshape(-1) * mask.reshape(-1)).sum()
+    n = mask.sum() if num_items is None else num_items
+    if torch.is_tensor(n):
+        n = n.to(total.device)
+    return total / n
+
+
+def distill_nll(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    num_items: torch.Tensor | int | None = None,
+    distill_weight: float = 0.5,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """STaR-GATE-D: weighted SFT plus distillation toward a teacher (pi_0), per token t of the agent's turns:
+
+        L = sum_{i,t} w_{i,t} * [ (1 - lam) * (-log p(y_t | y_<t))
+                                  + lam * T^2 * KL( softmax(z0_t / T) || softmax(z_t / T) ) ] / N
+
+    with z the policy's logits, z0 the teacher's (no gradient), lam = ``distill_weight``, T = ``temperature``.
+    The KL is the forward one (teacher first: Hinton et al.'s knowledge distillation, mass-covering), over
+    the whole vocabulary; the T^2 factor keeps its gradient on the scale of the NLL's as T grows. The tokens
+    and the normalizer N are those of ``weighted_nll`` (labels != -100, weighted by w; for STaR-GATE's
+    filtered weights w is 1 on the agent tokens of each context's kept trajectories and 0 elsewhere), so the
+    gradient is the same however an optimizer batch is split. lam = 0 gives ``weighted_nll``.
+    """
+    labels = labels[:, 1:]
+    mask = labels != -100
+    w = weights[:, 1:][mask].float()
+    z = logits[:, :-1][mask].float()  # (agent tokens, V): only the positions that count
+    z0 = teacher_logits[:, :-1][mask].float().detach()
+    nll = F.cross_entropy(z, labels[mask], reduction="none")
+    log_p = F.log_softmax(z / temperature, dim=-1)
+    log_q = F.log_softmax(z0 / temperature, dim=-1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    total = (w * ((1 - distill_weight) * nll + distill_weight * temperature**2 * kl)).sum()
     n = mask.sum() if num_items is None else num_items
     if torch.is_tensor(n):
         n = n.to(total.device)

@@ -41,6 +41,10 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """Batch conversations of similar length together to cut padding (rwft's mega-batch sampler)."""
     dataset_num_proc: int | None = field(default=None)
     """Processes that tokenize the data (default: by the data's size)."""
+    distill_weight: float = 0.5
+    """star-gate-d: weight lam of the distillation term, (1 - lam) * NLL + lam * T^2 * KL(pi_0 || pi)."""
+    distill_temperature: float = 2.0
+    """star-gate-d: softmax temperature T of both distributions in the distillation term."""
 
     def __post_init__(self) -> None:
         for name in ("max_length", "top_k"):
@@ -49,6 +53,9 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
                 raise RwftError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise RwftError(f"--gamma: expected a value in [0, 1], got {self.gamma}")
+        if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
+            raise RwftError(f"--distill-weight {self.distill_weight} / --distill-temperature "
+                            f"{self.distill_temperature}: expected a weight in [0, 1] and a positive temperature")
         super().__post_init__()
 
 
@@ -133,18 +140,20 @@ class _Stats:
         return out
 
 
-def prepare(config: TrainConfig, tokenizer):
-    """Load, check, weight and tokenize the data (Arrow, cached); raises RwftError before anything is written."""
+def prepare(config: TrainConfig, tokenizer, objective: str | None = None):
+    """Load, check, weight and tokenize the data (Arrow, cached); raises RwftError before anything is written.
+    ``objective`` (default ``config.objective``) sets the weights, for trainers that reuse another's."""
     from rwft.data.dataset import prepare_training_data
 
+    objective = objective or config.objective
     data, stats = prepare_training_data(
-        config.data, tokenizer, objective=config.objective, agent_role=config.agent_role,
+        config.data, tokenizer, objective=objective, agent_role=config.agent_role,
         max_length=config.max_length, top_k=config.top_k, threshold=config.threshold, gamma=config.gamma,
         num_proc=config.dataset_num_proc,
     )
     summary = (f"{stats.kept} of {stats.conversations} conversations, {stats.agent_tokens} agent tokens "
                f"({stats.zero_weight} weigh 0, {stats.truncated} truncated, {stats.too_long} too long); "
-               f"objective {config.objective}")
+               f"objective {objective}")
     return (data, stats), summary
 
 
