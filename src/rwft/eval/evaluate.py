@@ -54,6 +54,8 @@ class EvalConfig:
     """Model preset/directory or http(s):// URL of a rubric judge."""
     max_new_tokens: int = 96
     """Tokens generated per agent turn."""
+    qsft_beta: float = 0.0
+    """For a Q-SFT run as --policy: the acting beta of pi_phi * exp(beta * p_theta); 0 or less: qsft.json's."""
     batch_size: int = 32
     """Episodes advanced together."""
     ppl_model: str = ""
@@ -118,7 +120,7 @@ def collect_seed(config: EvalConfig, seed: int, out: Path, policy: Any = None, j
         env=config.env, out=str(path), policy=config.policy, contexts=config.episodes, samples_per_context=1,
         temperatures=[config.temperature], seed=seed, env_args=list(config.env_args), judge=config.judge,
         judge_model=config.judge_model, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-        progress=config.progress and not config.quiet, quiet=config.quiet,
+        progress=config.progress and not config.quiet, quiet=config.quiet, qsft_beta=config.qsft_beta,
     ), policy=policy, judge_backend=judge_backend, bar=bar)
     return [c.to_record() for c in load_conversations(path, require_reward=False)]
 
@@ -140,7 +142,7 @@ def load_inputs(config: EvalConfig) -> tuple[Any, Any, Any]:
         if not config.judge_model:
             raise RwftError(f"--judge {config.judge}: the rubric judge needs --judge-model")
         judge_backend = make_policy(config.judge_model, None, 64)
-    policy = make_policy(config.policy, env, config.max_new_tokens)
+    policy = make_policy(config.policy, env, config.max_new_tokens, qsft_beta=config.qsft_beta)
     ppl = None
     if config.ppl_model:
         from rwft.presets import load_model, load_tokenizer

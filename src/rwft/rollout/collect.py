@@ -65,6 +65,8 @@ class CollectConfig:
     """episodes advanced together (one generate call per turn)"""
     max_new_tokens: int = 128
     """tokens generated per agent turn"""
+    qsft_beta: float = 0.0
+    """for a Q-SFT run as --policy: the acting beta of pi_phi * exp(beta * p_theta); 0 or less: qsft.json's"""
     overwrite: bool = False
     """start over: delete OUT and its sidecar first"""
     progress: bool = True
@@ -200,6 +202,8 @@ def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any
     order = [(i, j) for i in range(len(tasks)) for j in range(m)]
     out = Path(config.out)
     args = fingerprint(config)
+    if config.qsft_beta <= 0:
+        del args["qsft_beta"]  # files collected before the option existed resume as they were
     done = check_output(out, args, config.overwrite, "collect")
     total = len(order)
     summary: dict[str, Any] = {"out": str(out), "episodes": total, "resumed_from": done}
@@ -210,7 +214,8 @@ def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any
             print(f"rwft collect: {out} already holds all {total} episodes", file=sys.stderr)
         return summary
     if policy is None:
-        policy = make_policy(config.policy, env, config.max_new_tokens, config.api_model, config.api_key_env)
+        policy = make_policy(config.policy, env, config.max_new_tokens, config.api_model, config.api_key_env,
+                             config.qsft_beta)
     judge = make_judge(config.judge, config.judge_model, config.api_model, config.api_key_env,
                        config.judge_retries, config.seed, max_new_tokens=64, backend=judge_backend)
     done = prepare_output(out, args, config.overwrite, "collect")  # the inputs loaded: now touch OUT

@@ -15,13 +15,16 @@ uses it so that an episode's text does not depend on which other episodes share 
 - ``OpenAIPolicy`` (``rollout.http_policy``): an OpenAI-compatible chat-completions endpoint.
 
 ``make_policy(spec)``: ``scripted``, ``scripted:0.4``, ``scripted:mixed``, ``http(s)://host/v1``
-(needs ``api_model``), or a preset name / model directory / hub id for ``HFPolicy``.
+(needs ``api_model``), a Q-SFT run directory (it holds ``qsft.json``: ``HFPolicy`` of the behaviour
+model with ``rollout.qsft_policy``'s extraction), or a preset name / model directory / hub id for
+``HFPolicy``.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from rwft.errors import RwftError
@@ -158,6 +161,9 @@ class HFPolicy:
         self.generated_tokens = 0
         self.prefilled_tokens = 0
         self._session: _Session | None = None
+        self.logits_processors: list[Any] = []
+        """factories ``(input_ids, attention_mask) -> LogitsProcessor`` called once per ``generate`` with its
+        prompt; their processors run, in order, before the row sampler (Q-SFT's extraction uses this)."""
 
     def _render(self, conv: list[dict[str, Any]], keep: int) -> list[int]:
         msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
@@ -257,7 +263,8 @@ class HFPolicy:
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=mask, generation_config=config, past_key_values=cache,
-                logits_processor=LogitsProcessorList([_row_sampler(temperatures, seeds, start, new, self.device)]),
+                logits_processor=LogitsProcessorList([*(f(input_ids, mask) for f in self.logits_processors),
+                                                      _row_sampler(temperatures, seeds, start, new, self.device)]),
             )
         texts, gen_mask = [], torch.zeros_like(out[:, start:])
         for r, row in enumerate(out[:, start:].tolist()):
@@ -277,8 +284,9 @@ class HFPolicy:
 
 
 def make_policy(spec: str, env: Environment | None = None, max_new_tokens: int = 64, api_model: str = "",
-                api_key_env: str = "OPENAI_API_KEY") -> Any:
-    """A policy from its command-line name (see the module docstring)."""
+                api_key_env: str = "OPENAI_API_KEY", qsft_beta: float = 0.0) -> Any:
+    """A policy from its command-line name (see the module docstring); ``qsft_beta`` > 0 overrides a Q-SFT
+    run's acting beta."""
     if spec == "scripted" or spec.startswith("scripted:"):
         if env is None:
             raise RwftError(f"--policy {spec}: a scripted policy needs an environment")
@@ -291,6 +299,10 @@ def make_policy(spec: str, env: Environment | None = None, max_new_tokens: int =
             raise RwftError(f"--policy {spec}: expected scripted, scripted:SKILL (0-1) or scripted:mixed") from None
     if spec.startswith(("http://", "https://")):
         return OpenAIPolicy(spec, api_model, api_key_env, max_new_tokens)
+    if (Path(spec).expanduser() / "qsft.json").is_file():
+        from rwft.rollout.qsft_policy import make_qsft_policy
+
+        return make_qsft_policy(str(Path(spec).expanduser()), max_new_tokens, qsft_beta)
     return HFPolicy(spec, max_new_tokens)
 
 
