@@ -1,0 +1,115 @@
+"""Q-SFT's math (Hong, Dragan, Levine 2024, arXiv 2411.05193): token probabilities as Q-values.
+
+Pure functions, no rwft imports. Positions are *label-aligned*: position t holds the logged token a_t, the
+state s_t is everything before it, and the model's logits at t - 1 give p(. | s_t).
+
+- ``transitions``: for each agent token, its next state, the reward on the way and the discount. Within an
+  agent turn the next state is the next token of the turn (reward 0, discount 1: a turn is one action
+  spread over tokens, so no discount inside it). The next state of a turn's last token (its end-of-turn
+  marker) is the first token of the next agent turn, i.e. after the environment's reply, with the turn's
+  reward and discount gamma per agent turn. A turn absent from the sequence (``weight: 0``: turn index -1)
+  is skipped: its reward is added, discounted, to the return on the way (an n-step target through it).
+  After the last agent turn there is no next state: B = r.
+- ``next_state_values``: max_a' p_bar(a'|s') / pi_phi(a'|s') over a finite support, the behaviour policy's
+  top-k tokens at s' (those with pi_phi >= ``SUPPORT_MIN_PROB``) plus the logged token at s'. The paper's max
+  runs over the whole vocabulary, where the ratio is unbounded: p_bar spreads (1 - B)/(V - 1) over every
+  token the data never shows while pi_phi may give such a token 1e-9, so the max would be decided by tokens
+  the behaviour policy never takes. Restricting it to the behaviour's support is the usual conservative
+  (BCQ-like) choice and lets pi_phi's figures be computed once and cached. The ratio is clamped to [0, 1]
+  (Q-values of returns in [0, 1] lie there).
+- ``bellman_targets``: B = clip(r + discount * V(s'), 0, 1) (the public re-implementations' clamp; it also
+  keeps negative redistributed turn rewards from giving negative targets).
+- ``qsft_loss``: the paper's weighted cross-entropy without a dense V-sized target.
+- ``polyak_``: theta_bar <- (1 - alpha) theta_bar + alpha theta.
+
+Fixed point of the loss at one state (what the test checks). With actions drawn from pi_beta and a target
+B_a for each, the expected loss is -sum_v c_v log p_v with c_v = pi_beta(v) B_v + sum_{a != v} pi_beta(a)
+(1 - B_a) / (V - 1), and sum_v c_v = 1, so the minimizer is p_v = c_v: p_v = B_v pi_beta(v) + e_v, e_v =
+(sum_{a != v} pi_beta(a)(1 - B_a)) / (V - 1) <= 1 / (V - 1). The paper's p = B * pi_beta holds up to that
+O(1/V) spread (2e-5 for SmolLM2's 49152 tokens); off the behaviour's support p_v = e_v, which is why the
+max over a' is restricted to the support.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SUPPORT_MIN_PROB = 1e-3
+"""Behaviour top-k tokens below this probability are left out of the max over next actions."""
+
+
+def transitions(turn_index: np.ndarray, turn_rewards: np.ndarray, gamma: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(next, reward, discount) per position of one sequence; next = -1 for no next state (terminal or not an
+    agent token). For the last token of agent turn k whose next present turn is k' (or none):
+    reward = sum_{j=k}^{k'-1} gamma^(j-k) r_j, discount = gamma^(k'-k) (0 when none, summing to the last turn)."""
+    ti = np.asarray(turn_index, dtype=np.int64)
+    r = np.asarray(turn_rewards, dtype=np.float64)
+    n = len(ti)
+    nxt = np.full(n, -1, dtype=np.int64)
+    reward = np.zeros(n, dtype=np.float64)
+    disc = np.zeros(n, dtype=np.float64)
+    agent = np.nonzero(ti >= 0)[0]
+    if not len(agent):
+        return nxt, reward, disc
+    same = np.zeros(len(agent), dtype=bool)
+    same[:-1] = (ti[agent[1:]] == ti[agent[:-1]]) & (agent[1:] == agent[:-1] + 1)
+    inside = agent[same]
+    nxt[inside], disc[inside] = inside + 1, 1.0
+    last = agent[~same]
+    firsts = {}
+    for p in agent[::-1]:
+        firsts[int(ti[p])] = int(p)
+    turns = sorted(firsts)
+    for p in last:
+        k = int(ti[p])
+        later = [j for j in turns if j > k]
+        stop = later[0] if later else len(r)
+        reward[p] = sum(gamma ** (j - k) * r[j] for j in range(k, stop))
+        if later:
+            nxt[p], disc[p] = firsts[stop], gamma ** (stop - k)
+    return nxt, reward, disc
+
+
+def next_state_values(logp_target: torch.Tensor, logp_behaviour: torch.Tensor) -> torch.Tensor:
+    """V(s') = min(1, max_{a' in S} p_bar(a'|s') / pi_phi(a'|s')) over the last dimension (the support S);
+    entries with ``logp_behaviour`` = -inf are outside the support (0 if none is in it)."""
+    ratio = torch.exp(logp_target - logp_behaviour).nan_to_num(0.0)
+    ratio = torch.where(torch.isfinite(logp_behaviour), ratio, torch.zeros_like(ratio))
+    return ratio.amax(dim=-1).clamp(0.0, 1.0)
+
+
+def bellman_targets(reward: torch.Tensor, discount: torch.Tensor, nxt: torch.Tensor, values: torch.Tensor
+                    ) -> torch.Tensor:
+    """B_t = clip(r_t + discount_t * V[next_t], 0, 1), with V[-1] taken as 0 (``next`` indexes the same row)."""
+    v = values.gather(-1, nxt.clamp(min=0)) * (nxt >= 0)
+    return (reward + discount * v).clamp(0.0, 1.0)
+
+
+def qsft_loss(logits: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
+              num_items: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L = -sum_t [B_t log p(a_t) + (1 - B_t) / (V - 1) * sum_{v != a_t} log p(v)] / N, and log p(a_t).
+
+    ``logits`` (M, V) at the M agent tokens, ``actions`` (M) the logged tokens, ``targets`` (M) their B.
+    sum_{v != a} log p(v) = sum_v logits_v - V * logsumexp(logits) - log p(a): no (M, V) target is built.
+    N as in ``weighted_nll`` (conversations in the optimizer batch x mean agent tokens per conversation; M
+    without ``num_items``), so the gradient is the same however the optimizer batch is split."""
+    logits = logits.float()
+    vocab = logits.size(-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    logp_a = logits.gather(-1, actions[:, None]).squeeze(-1) - lse
+    others = logits.sum(-1) - vocab * lse - logp_a
+    b = targets.to(logits.dtype)
+    total = -(b * logp_a + (1.0 - b) / (vocab - 1) * others).sum()
+    n = actions.numel() if num_items is None else num_items
+    if torch.is_tensor(n):
+        n = n.to(total.device)
+    return total / n, logp_a
+
+
+@torch.no_grad()
+def polyak_(target: list[torch.Tensor], params: list[torch.Tensor], alpha: float) -> None:
+    """In place: theta_bar <- (1 - alpha) * theta_bar + alpha * theta."""
+    for t, p in zip(target, params, strict=True):
+        t.lerp_(p.detach().to(t.dtype), alpha)
