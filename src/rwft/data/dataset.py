@@ -259,8 +259,10 @@ def prepare_training_data(
     threshold: float | None = None,
     gamma: float = 1.0,
     num_proc: int | None = None,
+    with_row: bool = False,
 ):
     """Read (cached), tokenize (cached, objective-independent) and weight a data file for training.
+    ``with_row``: add a ``row`` column, each kept row's index in ``read_dataset(path)`` (for other per-row data).
 
     Returns ``(dataset, stats)``: the dataset holds the kept rows only, with ``input_ids``, ``turn_index``,
     ``turn_weights`` (one per agent turn of the original conversation) and ``length``, formatted as numpy;
@@ -303,6 +305,9 @@ def prepare_training_data(
     weights = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.float32()))
     out = enc.select_columns(["input_ids", "turn_index", "length"]).add_column(
         "turn_weights", weights, new_fingerprint=_digest(enc._fingerprint, objective, top_k, threshold, gamma))
+    if with_row:
+        out = out.add_column("row", pa.array(np.arange(len(raw), dtype=np.int64)),
+                             new_fingerprint=_digest(out._fingerprint, "row"))
     if not kept.all():
         out = out.select(np.nonzero(kept)[0])
     return out.with_format("numpy"), stats

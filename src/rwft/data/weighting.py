@@ -166,3 +166,46 @@ def column_turn_weights(
                 raise RwftError(str(e)) from None
         values = np.repeat(w, lengths)
     return offsets, values * mask
+
+
+def qsft_turn_rewards(ds, path, rescale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Q-SFT's reward of every agent turn of every row of a ``read_dataset`` dataset: ``(offsets, values)``.
+
+    The turn rewards are ``Conversation.turn_rewards`` (message-level rewards where the data has them, else
+    the conversation's reward on its last agent turn). Q-SFT needs returns in [0, 1]: without ``rescale``
+    every conversation's return (the sum of its turn rewards) must lie in [0, 1] and every turn reward in
+    [-1, 1] (redistributed turn rewards may be negative; the Bellman targets are clamped to [0, 1]), else
+    RwftError naming the file, the record and the value. With ``rescale`` the returns are mapped affinely
+    onto [0, 1] (lowest return in the data -> 0, highest -> 1): every turn reward is divided by
+    (hi - lo) and -lo / (hi - lo) is added on each conversation's last agent turn, so a state's reward-to-go
+    stays the suffix of that return (twenty-questions' -1 per turn becomes -1/19 per turn and +20/19 at the end).
+    """
+    table = ds.with_format("arrow")[:] if ds._indices is not None else ds.data.table
+    offsets, values = _list_parts(table.column("turn_rewards"))
+    lengths = np.diff(offsets)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    returns = np.bincount(rows, weights=values, minlength=len(lengths))
+    has = lengths > 0
+
+    def where(i: int) -> str:
+        return f"{path}: conversation {i + 1} (id {table.column('id')[i].as_py()!r})"
+
+    if not rescale:
+        bad = np.nonzero(has & ((returns < 0) | (returns > 1)))[0]
+        if len(bad):
+            i = int(bad[0])
+            raise RwftError(f"{where(i)}: reward {returns[i]:g} outside [0, 1]; Q-SFT needs rewards in [0, 1] "
+                            "(scale them, or pass --rescale-rewards to map the data's returns onto [0, 1])")
+        bad = np.nonzero((values < -1) | (values > 1))[0]
+        if len(bad):
+            i = int(rows[bad[0]])
+            raise RwftError(f"{where(i)}: turn reward {values[bad[0]]:g} outside [-1, 1]; Q-SFT needs rewards in "
+                            "[0, 1] (scale them, or pass --rescale-rewards)")
+        return offsets, values
+    lo, hi = (float(returns[has].min()), float(returns[has].max())) if has.any() else (0.0, 0.0)
+    if hi - lo < 1e-12:
+        raise RwftError(f"{path}: --rescale-rewards: every conversation has the same return ({lo:g}); "
+                        "there is nothing to learn from")
+    values = values / (hi - lo)
+    values[offsets[1:][has] - 1] += -lo / (hi - lo)
+    return offsets, values

@@ -36,7 +36,17 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     threshold: float | None = None
     """filtered: keep every conversation with reward >= threshold instead of the top-k."""
     gamma: float = 1.0
-    """per-turn: discount of the reward-to-go over agent turns."""
+    """per-turn: discount of the reward-to-go over agent turns; qsft: discount per agent turn (1 within a turn)."""
+    behaviour_model: str | None = None
+    """qsft: the behaviour policy pi_phi (a preset or directory); empty: SFT on the same data into OUTPUT/behaviour."""
+    polyak: float = 0.05
+    """qsft: Polyak rate alpha of the target per optimizer step, theta_bar <- (1 - alpha) theta_bar + alpha theta."""
+    rescale_rewards: bool = False
+    """qsft: map the data's conversation returns affinely onto [0, 1] instead of refusing rewards outside it."""
+    qsft_beta: float = 4.0
+    """qsft: default beta of the acting policy pi_phi * exp(beta * p_theta) (written to OUTPUT/qsft.json)."""
+    qsft_top_k: int = 16
+    """qsft: behaviour tokens cached per state; the Bellman max runs over them and the logged token."""
     group_by_length: bool = True
     """Batch conversations of similar length together to cut padding (rwft's mega-batch sampler)."""
     dataset_num_proc: int | None = field(default=None)
@@ -53,6 +63,10 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
                 raise RwftError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise RwftError(f"--gamma: expected a value in [0, 1], got {self.gamma}")
+        if not 0.0 < self.polyak <= 1.0:
+            raise RwftError(f"--polyak: expected a value in (0, 1], got {self.polyak}")
+        if not isinstance(self.qsft_top_k, int) or self.qsft_top_k < 1:
+            raise RwftError(f"--qsft-top-k: expected a positive integer, got {self.qsft_top_k!r}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
             raise RwftError(f"--distill-weight {self.distill_weight} / --distill-temperature "
                             f"{self.distill_temperature}: expected a weight in [0, 1] and a positive temperature")

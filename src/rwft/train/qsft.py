@@ -1,0 +1,332 @@
+"""``rwft train --objective qsft``: Q-learning as supervised fine-tuning (Q-SFT, arXiv 2411.05193).
+
+Three models from the same pretrained weights (``--model``):
+
+- the behaviour policy pi_phi: ``--behaviour-model``, or (when empty) plain SFT on the same data trained
+  first into ``OUTPUT/behaviour`` by a nested run of the skeleton (same options, objective sft, LoRA merged;
+  resumable; skipped once its model is saved). Its figures are computed once, before training, and cached
+  beside the tokenized data (``$RWFT_CACHE/data/qsft-behaviour-<key>``, key: the tokenized rows, the
+  behaviour model's files and k): at every agent token, log pi_phi(logged token) and its top-k tokens with
+  their log-probabilities (``objectives.qsft``: why the Bellman max runs over that support);
+- the Q model p_theta, the model trained and saved, whose token probabilities divided by pi_phi are
+  Q-values;
+- the target p_theta_bar, a Polyak copy of p_theta's trainable weights (all of them, or with ``--lora``
+  the adapter's, applied to the one frozen base by ``torch.func.functional_call``), updated after each
+  optimizer step, saved in every checkpoint (``qsft_target.safetensors``) and restored on resume. One
+  no-grad target forward per batch gives p_bar at every next state of the batch.
+
+Rewards (``data.weighting.qsft_turn_rewards``): per agent turn, message-level rewards where the data has
+them, else the conversation's reward on its last agent turn; they must lie in [0, 1] or
+``--rescale-rewards`` maps the returns onto it. Targets, transitions and the loss are
+``objectives.qsft``'s. The loss is the paper's weighted cross-entropy: weight B on the logged token and
+1 - B spread uniformly over the other V - 1 tokens (not a dummy token: that needs a vocabulary entry the
+pretrained model does not have, and the uniform spread keeps every logit's gradient bounded), normalized
+like ``weighted_nll``. The step log adds ``target_mean`` (mean B), ``q_ratio_mean`` (mean p_theta/pi_phi
+on logged tokens) and ``next_value_mean``. ``OUTPUT/qsft.json`` records what acting needs:
+``behaviour_model`` (absolute path), ``beta``, ``gamma``, ``polyak``, ``top_k``. Multi-process launches
+need ``--behaviour-model`` (the nested SFT run trains in one process); the functional target forward
+assumes unsharded weights (DDP, not FSDP / DeepSpeed ZeRO-3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from rwft.errors import RwftError
+from rwft.objectives.qsft import SUPPORT_MIN_PROB, bellman_targets, next_state_values, polyak_, qsft_loss, transitions
+from rwft.train import skeleton
+from rwft.train.weighted import TrainConfig, WeightedTrainer
+
+CACHE_VERSION = "q1"
+TARGET_FILE = "qsft_target.safetensors"
+Q_ZERO = {"target": 0.0, "ratio": 0.0, "next": 0.0, "n": 0, "n_next": 0}
+
+
+# ---------------------------------------------------------------------------------------------- the data
+
+
+def prepare(config: TrainConfig, tokenizer):
+    """Rewards checked (before anything is written), data tokenized, behaviour policy trained or given, its
+    figures cached; returns ((dataset, stats, behaviour_dir), summary)."""
+    import pyarrow as pa
+
+    from rwft.data.dataset import prepare_training_data, read_dataset
+    from rwft.data.weighting import qsft_turn_rewards
+
+    raw = read_dataset(config.data, config.agent_role, require_reward=True)
+    offsets, values = qsft_turn_rewards(raw, config.data, config.rescale_rewards)
+    if not config.behaviour_model and config.world_size > 1:
+        raise RwftError("--behaviour-model: required under a multi-process launch (train it first: "
+                        "rwft train --objective sft ...)")
+    data, stats = prepare_training_data(
+        config.data, tokenizer, objective="sft", agent_role=config.agent_role, max_length=config.max_length,
+        num_proc=config.dataset_num_proc, with_row=True)
+    rewards = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.float32()))
+    rows = data.with_format("arrow")["row"]
+    data = data.with_format(None).add_column(
+        "turn_rewards", rewards.take(rows), new_fingerprint=skeleton_digest(data._fingerprint, values.tobytes().hex()))
+    behaviour = Path(config.behaviour_model and _resolve(config.behaviour_model) or train_behaviour(config))
+    cache = behaviour_cache(data, behaviour, config.qsft_top_k)
+    import datasets
+
+    data = datasets.concatenate_datasets([data, cache], axis=1).with_format("numpy")
+    summary = (f"{stats.kept} of {stats.conversations} conversations, {stats.agent_tokens} agent tokens "
+               f"({stats.truncated} truncated, {stats.too_long} too long); objective qsft, behaviour {behaviour}")
+    return (data, stats, behaviour), summary
+
+
+def skeleton_digest(*parts: Any) -> str:
+    from rwft.data.arrow import _digest
+
+    return _digest(*parts)
+
+
+def _resolve(name: str) -> str:
+    from rwft.presets import resolve_model
+
+    path = resolve_model(name)
+    return str(Path(path).resolve()) if os.path.exists(path) else path
+
+
+def train_behaviour(config: TrainConfig) -> Path:
+    """pi_phi by plain SFT on the same data into OUTPUT/behaviour (same options; LoRA merged so the directory
+    is a whole model); skipped when its model is already saved, resumed when it holds a checkpoint."""
+    from rwft.train import weighted
+
+    out = Path(config.output_dir).resolve() / "behaviour"
+    sft = dataclasses.replace(config, objective="sft", output_dir=str(out), merge_lora=config.lora)
+    if (out / "model.safetensors").exists():
+        skeleton.check_config(out, sft.resolved())
+        return out
+    skeleton.run(sft, weighted.prepare, weighted.make_trainer, "behaviour")
+    return out
+
+
+def _model_stamp(path: Path) -> list:
+    if not path.is_dir():
+        return [str(path)]
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in path.iterdir()
+                  if f.is_file() and f.suffix in (".safetensors", ".json"))
+
+
+def behaviour_cache(data, behaviour: Path, k: int):
+    """pi_phi's figures for every row of ``data`` (aligned with it), computed once and cached:
+    ``phi_logp`` (per agent token: log pi_phi of the logged token), ``phi_ids`` / ``phi_lp`` (per agent
+    token, k each, flat: the top-k tokens and their log-probabilities; -inf below ``SUPPORT_MIN_PROB``)."""
+    import datasets
+    from datasets.table import MemoryMappedTable
+
+    from rwft.data.arrow import data_cache_dir
+    from rwft.presets import build_atomically
+
+    key = skeleton_digest(CACHE_VERSION, data._fingerprint, str(behaviour), _model_stamp(behaviour), k,
+                          SUPPORT_MIN_PROB)
+    target = data_cache_dir() / f"qsft-behaviour-{key}"
+    if not (target / "cache.arrow").exists():
+        build_atomically(target, lambda tmp: _write_cache(tmp / "cache.arrow", data, behaviour, k))
+    return datasets.Dataset(MemoryMappedTable.from_file(str(target / "cache.arrow")), fingerprint=key)
+
+
+@torch.no_grad()
+def _write_cache(path: Path, data, behaviour: Path, k: int, batch: int = 16, chunk: int = 1024) -> None:
+    """Stream the figures into an Arrow file, in row order; within a chunk the rows go through pi_phi
+    sorted by length (little padding)."""
+    import pyarrow as pa
+
+    from rwft.presets import load_model
+
+    device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    model = load_model(str(behaviour)).to(device).eval()
+    plain = data.with_format(None).select_columns(["input_ids", "turn_index"])
+    lengths = np.asarray(data.with_format("arrow")["length"].to_numpy(), dtype=np.int64)
+    floor = float(np.log(SUPPORT_MIN_PROB))
+    schema = pa.schema([("phi_logp", pa.list_(pa.float32())), ("phi_ids", pa.list_(pa.int32())),
+                        ("phi_lp", pa.list_(pa.float32()))])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for start in range(0, len(plain), chunk):
+            rows = plain[start:start + chunk]
+            lens = lengths[start:start + chunk]
+            out: list[tuple] = [()] * len(lens)
+            order = np.argsort(lens, kind="stable")
+            for b0 in range(0, len(order), batch):
+                part = order[b0:b0 + batch]
+                x = torch.zeros(len(part), int(lens[part].max()), dtype=torch.long)
+                for j, r in enumerate(part):
+                    x[j, :lens[r]] = torch.as_tensor(rows["input_ids"][r])
+                am = (torch.arange(x.size(1))[None, :] < torch.as_tensor(lens[part])[:, None]).long()
+                logits = model(input_ids=x.to(device), attention_mask=am.to(device)).logits
+                for j, r in enumerate(part):
+                    pos = torch.as_tensor(np.nonzero(np.asarray(rows["turn_index"][r]) >= 0)[0])
+                    lp = torch.log_softmax(logits[j, pos - 1].float(), dim=-1)
+                    logged = lp.gather(-1, x[j, pos].to(device)[:, None]).squeeze(-1)
+                    top_lp, top_ids = lp.topk(min(k, lp.size(-1)), dim=-1)
+                    top_lp = torch.where(top_lp >= floor, top_lp, torch.full_like(top_lp, -float("inf")))
+                    out[r] = (logged.cpu().numpy(), top_ids.int().cpu().numpy().ravel(),
+                              top_lp.cpu().numpy().ravel())
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [pa.array([o[c] for o in out], type=f.type) for c, f in enumerate(schema)], schema=schema))
+
+
+class QCollator:
+    """Right-padded batches with, per label position t (the state before token t): ``labels`` (agent tokens,
+    else -100), ``q_next`` / ``q_reward`` / ``q_discount`` (``objectives.qsft.transitions`` of the row's turn
+    rewards), ``phi_logp`` (log pi_phi of the logged token) and ``phi_ids`` / ``phi_lp`` (the cached top-k,
+    -inf log-probability where empty)."""
+
+    def __init__(self, pad_token_id: int, gamma: float, k: int):
+        self.pad_token_id, self.gamma, self.k = pad_token_id, gamma, k
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        b, n, k = len(rows), max(len(r["input_ids"]) for r in rows), self.k
+        ids = np.full((b, n), self.pad_token_id, dtype=np.int64)
+        labels = np.full((b, n), -100, dtype=np.int64)
+        nxt = np.full((b, n), -1, dtype=np.int64)
+        reward, disc, logp = (np.zeros((b, n), dtype=np.float32) for _ in range(3))
+        top_ids = np.zeros((b, n, k), dtype=np.int64)
+        top_lp = np.full((b, n, k), -np.inf, dtype=np.float32)
+        attention = np.zeros((b, n), dtype=np.int64)
+        for i, r in enumerate(rows):
+            x, ti = np.asarray(r["input_ids"], dtype=np.int64), np.asarray(r["turn_index"], dtype=np.int64)
+            m = len(x)
+            agent = np.nonzero(ti >= 0)[0]
+            ids[i, :m], attention[i, :m] = x, 1
+            labels[i, agent] = x[agent]
+            nxt[i, :m], reward[i, :m], disc[i, :m] = transitions(ti, r["turn_rewards"], self.gamma)
+            logp[i, agent] = r["phi_logp"]
+            kk = len(r["phi_ids"]) // max(len(agent), 1)
+            top_ids[i, agent, :kk] = np.asarray(r["phi_ids"]).reshape(len(agent), kk)
+            top_lp[i, agent, :kk] = np.asarray(r["phi_lp"]).reshape(len(agent), kk)
+        t = torch.from_numpy
+        return {"input_ids": t(ids), "attention_mask": t(attention), "labels": t(labels), "q_next": t(nxt),
+                "q_reward": t(reward), "q_discount": t(disc), "phi_logp": t(logp), "phi_ids": t(top_ids),
+                "phi_lp": t(top_lp)}
+
+
+class _Polyak(TrainerCallback):
+    def __init__(self, trainer: QTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.update_target()
+
+
+class QTrainer(WeightedTrainer):
+    """WeightedTrainer (normalizer, length-grouped sampler, speed statistics) with Q-SFT's loss and target."""
+
+    def __init__(self, *args, polyak: float = 0.05, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.polyak = polyak
+        self._target: dict[str, torch.Tensor] | None = None
+        self._target_from: Path | None = None
+        self._q = dict(Q_ZERO)
+        self.add_callback(_Polyak(self))
+
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _ensure_target(self) -> dict[str, torch.Tensor]:
+        if self._target is None:
+            params = self._trainable()
+            if self._target_from is not None:
+                from safetensors.torch import load_file
+
+                saved = load_file(str(self._target_from))
+                if set(saved) != set(params):
+                    raise RwftError(f"{self._target_from}: its target weights do not match the model's trainable ones")
+                self._target = {n: saved[n].to(p.device, p.dtype) for n, p in params.items()}
+            else:
+                self._target = {n: p.detach().clone() for n, p in params.items()}
+        return self._target
+
+    def update_target(self) -> None:
+        """Polyak step of the target after each optimizer step."""
+        target, params = self._ensure_target(), self._trainable()
+        polyak_(list(target.values()), [params[n] for n in target], self.polyak)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint:
+            path = Path(resume_from_checkpoint) / TARGET_FILE
+            if not path.exists():
+                raise RwftError(f"{path}: missing; this checkpoint was not written by a Q-SFT run")
+            self._target, self._target_from = None, path
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and output_dir and self.args.should_save and self._target is not None:
+            from safetensors.torch import save_file
+
+            weights = {n: t.detach().contiguous().cpu() for n, t in self._target.items()}
+            save_file(weights, str(Path(output_dir) / TARGET_FILE))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from torch.func import functional_call
+
+        labels, nxt, reward, disc = (inputs.pop(k) for k in ("labels", "q_next", "q_reward", "q_discount"))
+        phi_logp, phi_ids, phi_lp = (inputs.pop(k) for k in ("phi_logp", "phi_ids", "phi_lp"))
+        mask = labels != -100
+        state = mask[:, 1:]  # the logits at t - 1 give p(. | s_t) for the agent token at t
+        with torch.no_grad():
+            bar = functional_call(self.model, self._ensure_target(), args=(), kwargs=inputs).logits[:, :-1][state]
+            bar = bar.float()
+            support = torch.cat([labels[mask][:, None], phi_ids[mask]], dim=-1)
+            lbar = bar.gather(-1, support) - bar.logsumexp(-1, keepdim=True)
+            v = next_state_values(lbar, torch.cat([phi_logp[mask][:, None], phi_lp[mask]], dim=-1))
+            values = torch.zeros_like(reward)
+            values[mask] = v
+            targets = bellman_targets(reward, disc, nxt, values) * mask
+        outputs = model(**inputs)
+        loss, logp_a = qsft_loss(outputs.logits[:, :-1][state], labels[mask], targets[mask], num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        self._stats.add(labels, targets, inputs["attention_mask"])
+        q = self._q
+        q["target"] += float(targets[mask].sum())
+        q["ratio"] += float(torch.exp(logp_a.detach() - phi_logp[mask]).sum())
+        has_next = mask & (nxt >= 0)
+        q["next"] += float(values.gather(-1, nxt.clamp(min=0))[has_next].sum())
+        q["n"], q["n_next"] = q["n"] + int(mask.sum()), q["n_next"] + int(has_next.sum())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs:
+            q, n = self._q, max(self._q["n"], 1)
+            logs.update(target_mean=q["target"] / n, q_ratio_mean=q["ratio"] / n,
+                        next_value_mean=q["next"] / max(q["n_next"], 1))
+            self._q = dict(Q_ZERO)
+        super().log(logs, start_time)
+
+
+def write_qsft_json(config: TrainConfig, behaviour: Path) -> None:
+    """OUTPUT/qsft.json: what acting with the run needs (read by the policy extraction)."""
+    info = {"behaviour_model": str(behaviour), "beta": config.qsft_beta, "gamma": config.gamma,
+            "polyak": config.polyak, "top_k": config.qsft_top_k, "support_min_prob": SUPPORT_MIN_PROB,
+            "rescale_rewards": config.rescale_rewards}
+    path = Path(config.output_dir) / "qsft.json"
+    tmp = path.with_name(f".qsft.{os.getpid()}.json")
+    tmp.write_text(json.dumps(info, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> QTrainer:
+    data, stats, behaviour = prepared
+    if config.process_index == 0:
+        write_qsft_json(config, behaviour)
+    return QTrainer(
+        model=model,
+        args=config,
+        train_dataset=data,
+        data_collator=QCollator(tokenizer.pad_token_id, config.gamma, config.qsft_top_k),
+        processing_class=tokenizer,
+        tokens_per_conversation=stats.agent_tokens / stats.kept,
+        callbacks=callbacks,
+        polyak=config.polyak,
+    )
