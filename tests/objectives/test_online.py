@@ -4,8 +4,7 @@ import random
 import pytest
 import torch
 
-from rwft.objectives.online import (dpo_loss, grpo_advantages, grpo_loss, masked_entropy, online_pairs,
-                                    per_token_kl)
+from rwft.objectives.online import dpo_loss, grpo_advantages, grpo_loss, masked_entropy, online_pairs, per_token_kl
 
 
 def test_grpo_advantages_by_hand():

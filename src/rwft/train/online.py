@@ -148,8 +148,8 @@ class Learner:
         loss = None
         if obj == "dpo":
             by_kind = {True: [], False: []}
-            for i, g in enumerate(groups):
-                by_kind[verifiable[i]].append(i)
+            for i, v in enumerate(verifiable):
+                by_kind[v].append(i)
             pairs, skipped = [], 0
             for kind, idx in by_kind.items():
                 if idx:

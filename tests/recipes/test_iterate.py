@@ -1,0 +1,121 @@
+"""rwft iterate end to end on the tiny preset: errors before writing, the step log, resume after SIGKILL."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rwft.cli import main
+from rwft.presets import resolve_model as load_model_dir
+from rwft.rollout.envs.base import Environment, Episode, Task, register
+
+
+class CharsEnv(Environment):
+    """One turn; reward = the answer's length in characters / 30 (at most 1): the untrained tiny preset's samples
+    differ in it, so every objective has a contrast to learn from (clarify's rewards are all 0 for it)."""
+
+    name = "chars"
+
+    def tasks(self, n, seed):
+        return [Task(f"chars/{seed}/{i}", {"i": i}) for i in range(n)]
+
+    def start(self, task):
+        return Episode(task, [{"role": "user", "content": f"Tell me about option {task.data['i']}."}])
+
+    def step(self, episode, action):
+        self.add_agent_message(episode, action)
+        episode.done = True
+
+    def outcome(self, episode):
+        return {"reward": min(len(episode.last_agent_text()) / 30, 1.0), "turns": 1}
+
+    def scripted_action(self, episode, rng, skill):
+        return "x" * int(30 * skill)
+
+
+register("chars", "test_iterate:CharsEnv")
+BASE = ["--env", "chars", "--policy", "tiny",
+        "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6", "--learning-rate", "1e-2",
+        "--threads", "1", "--progress", "false"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--objective", "ppo"], "--objective 'ppo'"),
+    (["--sync-every", "0"], "--sync-every 0"),
+    (["--sync-every", "often"], "--sync-every often"),
+    (["--objective", "grpo", "--group-size", "1"], "--group-size 1"),
+    (["--env", "clarify", "mcqa", "--env-weights", "1"], "--env-weights"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main(["iterate", "--output", str(out), *BASE, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_steps_log_syncs_and_mixed_envs(tmp_path):
+    out = tmp_path / "run"
+    assert main(["iterate", "--output", str(out), *BASE, "--objective", "grpo", "--sync-every", "2", "--steps", "4",
+                 "--env", "chars", "mcqa", "--env-args", "mcqa.source=arithmetic", "--env-weights", "1", "1"]) == 0
+    rows = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["steps_since_sync"] for r in rows] == [0, 1, 0, 1]
+    for r in rows:
+        for k in ("reward/chars", "reward/mcqa", "entropy", "kl", "response_tokens", "generate_s", "train_s",
+                  "sync_s", "loss"):
+            assert k in r
+        assert r["episodes"] == 4 and r["entropy"] > 0
+    assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 0  # the trainer leaves the fixed reference
+    eps = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(eps) == 16 and {e["metadata"]["env"] for e in eps} == {"chars", "mcqa"}
+    assert (out / "curves.png").stat().st_size > 0 and (out / "model" / "config.json").exists()
+
+
+def _cmd(out: Path) -> list[str]:
+    """``python -c`` and the arguments of rwft (the subprocess registers the test environment first)."""
+    return [sys.executable, "-c", "iterate", "--output", str(out), *BASE, "--objective", "dpo", "--sync-every", "2",
+            "--sync-reference", "true", "--steps", "6"]
+
+
+def _code(args: list[str]) -> str:
+    return ("import sys; from rwft.rollout.envs.base import register; register('chars', 'test_iterate:CharsEnv'); "
+            f"from rwft.cli import main; sys.exit(main({args!r}))")
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    """Killed (SIGKILL) after a random number of steps plus a random delay, so perhaps mid-step or mid-checkpoint,
+    then rerun: the model, the step log and the episodes equal those of an uninterrupted run."""
+    whole = tmp_path / "whole"
+    assert main(_cmd(whole)[2:]) == 0
+    cut = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    rng = random.Random(int(time.time()))
+    proc = subprocess.Popen(_cmd(cut)[:2] + [_code(_cmd(cut)[2:])], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    target, log = rng.randint(1, 4), cut / "steps.jsonl"
+    while proc.poll() is None and (not log.exists() or len(log.read_text().splitlines()) < target):
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 0.8))
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed before it finished
+    assert main(_cmd(cut)[2:]) == 0
+    a, b = load_file(whole / "model" / "model.safetensors"), load_file(cut / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pi0 = load_file(Path(load_model_dir("tiny")) / "model.safetensors")
+    assert not all(torch.equal(a[k], pi0[k]) for k in a)  # it trained
+    la = [json.loads(x) for x in (whole / "steps.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (cut / "steps.jsonl").read_text().splitlines()]
+    drop = ("generate_s", "train_s", "sync_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in la] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in lb]
+    ea, eb = ((d / "episodes.jsonl").read_text() for d in (whole, cut))
+    assert ea == eb
