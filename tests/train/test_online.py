@@ -77,3 +77,40 @@ def test_step_equals_rwft_train_on_the_same_batch(tmp_path, objective):
     assert same(mine, trained, atol=1e-6)
     moved = max(float((mine[k] - pi0[k]).abs().max()) for k in mine)
     assert moved > 1e-3  # the tolerance is far below one step's change
+
+
+def test_dpo_step_equals_rwft_dpo_when_the_template_adds_nothing_after_a_turn(tmp_path):
+    """Online DPO on pi_0's samples (S = never) against `rwft dpo` (TRL's DPOTrainer) on the same pairs, two steps
+    on one batch. With ChatML, TRL's completion is everything the template adds after the prompt, so it also scores
+    the newline after <|im_end|>, which rwft does not count as the agent's (data.encode): the two losses differ by
+    that token's log-ratio. With a template that puts nothing after the end-of-turn marker the tokens scored are
+    the same, and so must be the models (up to float order; eps 1e-3 as above)."""
+    import shutil
+
+    from rwft.presets import resolve_model
+    from rwft.train.dpo import DpoConfig, run_dpo
+
+    model = tmp_path / "pi0"
+    shutil.copytree(resolve_model("tiny"), model)
+    template = (model / "chat_template.jinja").read_text()
+    (model / "chat_template.jinja").write_text(template.replace("'<|im_end|>' + '\n'", "'<|im_end|>'"))
+    recs = records(contexts=4, per=2)
+    for i, r in enumerate(recs):
+        r["reward"] = float(i % 2 == 0)  # one better and one worse sample per context, no ties
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({k: r[k] for k in ("id", "context_id", "messages", "reward")}) + "\n"
+                            for r in recs))
+    out = run_dpo(DpoConfig(data=str(data), model=str(model), output_dir=str(tmp_path / "run"), max_steps=2,
+                            per_device_train_batch_size=4, learning_rate=1e-2, adam_epsilon=1e-3, beta=0.1,
+                            lr_scheduler_type="constant", report_to="none", disable_tqdm=True, save_steps=100))
+    from rwft.presets import load_model
+
+    trained = weights(load_model(str(out)))
+    learner = Learner(LearnerSettings(model=str(model), objective="dpo", learning_rate=1e-2, adam_epsilon=1e-3,
+                                      beta=0.1, max_new_tokens=4))
+    pi0 = weights(learner.model)
+    for _ in range(2):
+        assert learner.step(recs, random.Random(0), [False] * len(recs))["pairs"] == 4
+    mine = weights(learner.model)
+    assert max(float((mine[k] - pi0[k]).abs().max()) for k in mine) > 1e-3
+    assert same(mine, trained, atol=1e-6)
