@@ -128,9 +128,61 @@ def test_inner_stages_run_quietly(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("kw", [dict(model="/no/such/model-dir"), dict(data="/no/such/logs.jsonl"),
-                                dict(env_args=["nope=1"]), dict(eval_env_args=["nope=1"])])
+                                dict(env_args=["nope=1"]), dict(eval_env_args=["nope=1"]),
+                                dict(quality_judge="/no/such/judge")])
 def test_bad_inputs_leave_no_output_directory(tmp_path, kw):
     out = tmp_path / "cmp"
     with pytest.raises(RwftError):
         compare.run_compare(compare.CompareConfig(output=str(out), methods=["base"], seeds=[0], **kw))
     assert not out.exists()
+
+
+def test_methods_are_data_and_star_gate_d_trains_with_lora(monkeypatch, tmp_path):
+    cfg = compare.CompareConfig(output=str(tmp_path), lora=True, lora_r=4, methods=["base", "star-gate-d"])
+    c = compare.trainer_config(cfg, "star-gate-d", 0, "logs.jsonl", "pi0", str(tmp_path / "m"))
+    assert c.objective == "star-gate-d" and c.lora and c.lora_r == 4 and c.merge_lora  # evaluation loads a model
+    assert compare.trainer_config(cfg, "dpo", 0, "logs.jsonl", "pi0", str(tmp_path / "d")).level == "final"
+    monkeypatch.setitem(compare.METHODS, "per-turn", {"objective": "per-turn"})  # a new row is one entry
+    cfg = compare.CompareConfig(output=str(tmp_path), methods=["per-turn"])
+    assert compare.trainer_config(cfg, "per-turn", 0, "logs.jsonl", "pi0", str(tmp_path / "p")).objective == "per-turn"
+    assert compare.train_cell(cfg, "base", 0, "logs.jsonl", "pi0", tmp_path / "b") == "pi0"
+
+
+def test_judged_quality_columns_once_per_cell_and_added_to_finished_cells(fake_stages, monkeypatch, tmp_path):
+    import rwft.rollout.policies
+
+    calls, data = fake_stages
+    plain_eval = compare.eval_cell
+
+    def eval_cell(config, policy, seed, pi0, cell):  # the fake evaluation, plus its episodes on disk
+        (cell / "eval").mkdir(parents=True, exist_ok=True)
+        good = cell.name.startswith("refit")
+        recs = [{"context_id": f"c{i}", "messages": [{"role": "user", "content": "Q?"},
+                                                      {"role": "assistant", "content": "The answer is A."}],
+                 "metadata": {"gold": "A", "correct": good or i == 0}} for i in range(4)]
+        (cell / "eval" / f"episodes-s{config.eval_seed + seed}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in recs))
+        return plain_eval(config, policy, seed, pi0, cell)
+
+    judged = []
+
+    class Judge:
+        def generate(self, conversations, temperatures, seeds):
+            judged.extend(conversations)
+            return ["Overall: 8\nAccuracy: 9\nReasoning: 7\nComprehensiveness: 6\nPedagogical value: 5\n"
+                    "Confidence calibration: 4"] * len(conversations)
+
+    monkeypatch.setattr(compare, "eval_cell", eval_cell)
+    monkeypatch.setattr(rwft.rollout.policies, "make_policy", lambda spec, env, n: Judge())
+    kw = dict(output=str(tmp_path / "cmp"), data=str(data), methods=["base", "refit"], seeds=[0], perplexity=False)
+    compare.run_compare(compare.CompareConfig(**kw))  # no judge: no judged columns
+    assert not judged and "judge_overall" not in open(tmp_path / "cmp" / "report" / "table.md").read()
+    files = compare.run_compare(compare.CompareConfig(**kw, quality_judge="tiny", quality_episodes=3))
+    assert len(judged) == 6 and not calls["train"][2:]  # the finished cells are judged, not retrained
+    table = open(files["markdown"]).read()
+    assert "| judge_overall | judge_accuracy |" in table and "| 0.800 ± 0.000 | 0.900 ± 0.000 |" in table
+    assert "judge tiny on 6 episodes: 0% replies unparseable" in table
+    result = json.loads((tmp_path / "cmp" / "cells" / "refit-s0" / "result.json").read_text())
+    assert result["metrics"]["judge_confidence_calibration"] == pytest.approx(0.4)
+    compare.run_compare(compare.CompareConfig(**kw, quality_judge="tiny", quality_episodes=3))
+    assert len(judged) == 6  # judged once per cell (quality.jsonl)

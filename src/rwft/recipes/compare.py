@@ -11,10 +11,15 @@ The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips wha
    with evaluation seed ``eval_seed + SEED`` (the same tasks for every method at one seed). A cell is done
    when its ``result.json`` exists; finished cells are never recomputed (resumable). A method that cannot
    train on the data (no reward spread for swift, no pairs for DPO) records its error and shows ``-``.
-4. ``report/``: table.md / table.csv (mean ± 95% CI over seeds per metric, training time, peak memory),
+4. with ``--quality-judge``: ``cells/METHOD-sSEED/quality.jsonl``, the first ``--quality-episodes`` evaluation
+   episodes graded by a rubric judge on the paper's six dimensions (``rwft.eval.quality``), added to the
+   cell's metrics as ``judge_overall`` ... and ``judge_failure`` (also for cells finished before it was
+   asked for); the report notes how far the judge agrees with exact match over all judged episodes.
+5. ``report/``: table.md / table.csv (mean ± 95% CI over seeds per metric, training time, peak memory),
    reward.png, training.png, report.html (see ``rwft.eval.report``).
 
-Methods: base, sft, star-gate (filtered, top-1 per context), refit, swift, dpo (final answer), stepdpo.
+Methods (``METHODS``, one entry each): base, sft, star-gate (filtered, top-1 per context), star-gate-d
+(star-gate plus distillation toward pi_0), refit, swift, dpo (final answer), stepdpo.
 The weighted objectives train on random batches by default (``group_by_length``); DPO / StepDPO may get
 their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
 other method) says whether its reward interval lies above ("beats"), below, or overlaps the other's.
@@ -39,9 +44,18 @@ from typing import Any
 
 from rwft.errors import RwftError
 
-METHODS = ("base", "sft", "star-gate", "dpo", "stepdpo", "refit", "swift")
-OBJECTIVE = {"sft": "sft", "star-gate": "filtered", "refit": "refit", "swift": "swift"}
-DPO_LEVEL = {"dpo": "final", "stepdpo": "step"}
+# One row per method: how it trains from pi_0. "objective": rwft train's --objective; "dpo": rwft dpo's --level;
+# {}: untrained (pi_0 itself). A new method is one line here.
+METHODS: dict[str, dict[str, str]] = {
+    "base": {},
+    "sft": {"objective": "sft"},
+    "star-gate": {"objective": "filtered"},
+    "star-gate-d": {"objective": "star-gate-d"},
+    "dpo": {"dpo": "final"},
+    "stepdpo": {"dpo": "step"},
+    "refit": {"objective": "refit"},
+    "swift": {"objective": "swift"},
+}
 
 
 @dataclass
@@ -58,8 +72,8 @@ class CompareConfig:
     """The base model: a preset, a directory or a hub id (pi_0 itself unless --bootstrap-contexts > 0)."""
     data: str = ""
     """Logged conversations to train on; empty: collect them from pi_0 into OUTPUT/logs.jsonl."""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Methods to compare: base, sft, star-gate, dpo, stepdpo, refit, swift."""
+    methods: list[str] = field(default_factory=lambda: [m for m in METHODS if m != "star-gate-d"])
+    """Methods to compare: base, sft, star-gate, star-gate-d, dpo, stepdpo, refit, swift."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds: each method is trained and evaluated once per seed."""
     bootstrap_contexts: int = 0
@@ -95,6 +109,12 @@ class CompareConfig:
     Swift batch can hold only negative weights, a pure push-down step; random batches mix them."""
     beta: float = 0.1
     """DPO / StepDPO beta."""
+    lora: bool = False
+    """Train every method as a LoRA adapter (all linear layers; saved merged, so evaluation loads a plain model)."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA alpha."""
     eval_episodes: int = 40
     """Evaluation tasks per seed."""
     eval_seed: int = 1000
@@ -107,6 +127,11 @@ class CompareConfig:
     """Tokens generated per agent turn (collection and evaluation)."""
     perplexity: bool = True
     """Report the perplexity of each method's agent text under pi_0."""
+    quality_judge: str = ""
+    """Rubric judge of language quality (the paper's six dimensions): a model preset/directory or an
+    OpenAI-compatible http(s):// URL; empty: no judged quality."""
+    quality_episodes: int = 20
+    """Evaluation episodes judged per cell (the first ones of its evaluation seed)."""
     threads: int = 0
     """Torch CPU threads (0: torch's default, one per core). On a busy machine 1 is often much faster."""
     progress: bool = False
@@ -119,6 +144,8 @@ class CompareConfig:
             raise RwftError(f"--methods: unknown {bad}; known: {', '.join(METHODS)}")
         if not self.seeds:
             raise RwftError("--seeds: give at least one seed")
+        if self.quality_episodes < 1:
+            raise RwftError(f"--quality-episodes {self.quality_episodes}: expected a positive integer")
 
 
 @contextmanager
@@ -193,26 +220,28 @@ def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0
     """The config of ``rwft train`` (or ``rwft dpo``) that trains one method from pi_0, silently."""
     common = dict(data=data, model=pi0, output_dir=out, num_train_epochs=config.epochs,
                   learning_rate=config.learning_rate, per_device_train_batch_size=config.batch_size,
-                  max_length=config.max_length, seed=seed, report_to="none", save_steps=10**6, disable_tqdm=True)
-    if method in DPO_LEVEL:
+                  max_length=config.max_length, seed=seed, report_to="none", save_steps=10**6, disable_tqdm=True,
+                  lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha, merge_lora=config.lora)
+    spec = METHODS[method]
+    if "dpo" in spec:
         from rwft.train.dpo import DpoConfig
 
         common["learning_rate"] = config.dpo_learning_rate or config.learning_rate
-        return DpoConfig(level=DPO_LEVEL[method], beta=config.beta, **common)
+        return DpoConfig(level=spec["dpo"], beta=config.beta, **common)
     from rwft.train.weighted import TrainConfig
 
-    return TrainConfig(objective=OBJECTIVE[method], group_by_length=config.group_by_length, **common)
+    return TrainConfig(objective=spec["objective"], group_by_length=config.group_by_length, **common)
 
 
 def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str, cell: Path) -> str:
     """Train one method from pi_0; return the policy to evaluate."""
-    if method == "base":
+    if not METHODS[method]:
         return pi0
     from rwft.train.dpo import run_dpo
     from rwft.train.weighted import train
 
     trainer = trainer_config(config, method, seed, data, pi0, str(cell / "model"))
-    (run_dpo if method in DPO_LEVEL else train)(trainer)
+    (run_dpo if "dpo" in METHODS[method] else train)(trainer)
     return str(cell / "model")
 
 
@@ -262,6 +291,50 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
     return result
 
 
+def judged_rows(config: CompareConfig, result: dict[str, Any], out: Path, judge: dict[str, Any]) -> list | None:
+    """The cell's judged episodes (``quality.jsonl``, made once): the first --quality-episodes evaluation
+    episodes graded by the rubric judge, loaded into ``judge["backend"]`` on first use. None for a cell
+    without evaluation episodes (one that could not train)."""
+    from rwft.data.io import write_jsonl_atomic
+    from rwft.eval.quality import judge_episodes
+
+    cell = out / "cells" / f"{result['method']}-s{result['seed']}"
+    path = cell / "quality.jsonl"
+    if path.exists():
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    episodes = cell / "eval" / f"episodes-s{config.eval_seed + result['seed']}.jsonl"
+    if "error" in result or not episodes.exists():
+        return None
+    records = [json.loads(x) for x in episodes.read_text().splitlines() if x.strip()][: config.quality_episodes]
+    if "backend" not in judge:
+        from rwft.rollout.policies import make_policy
+
+        judge["backend"] = make_policy(config.quality_judge, None, 64)
+    rows = judge_episodes(records, judge["backend"].generate, seed=config.collect_seed)
+    write_jsonl_atomic(path, rows)
+    return rows
+
+
+def add_quality(config: CompareConfig, result: dict[str, Any], out: Path, judge: dict[str, Any]) -> list:
+    """Add the judged means (``judge_overall`` ..., ``judge_failure``) to a cell's metrics and result.json;
+    return its judged rows (empty when there are none)."""
+    from rwft.eval.quality import quality_metrics
+
+    t0 = time.perf_counter()
+    rows = judged_rows(config, result, out, judge)
+    if rows is None:
+        return []
+    metrics = quality_metrics(rows)
+    if any(result["metrics"].get(k) != v for k, v in metrics.items() if v == v):  # new or changed (NaN skipped)
+        result["metrics"].update(metrics)
+        result.setdefault("quality_time_s", time.perf_counter() - t0)
+        done = out / "cells" / f"{result['method']}-s{result['seed']}" / "result.json"
+        tmp = done.with_name(".result.json.tmp")
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, done)
+    return rows
+
+
 def cell_line(result: dict[str, Any], resumed: bool = False) -> str:
     """The one line printed per cell: ``refit seed 1: reward 0.853, trained 5.2 s, eval 3.1 s``."""
     head = f"{result['method']} seed {result['seed']}"
@@ -273,6 +346,9 @@ def cell_line(result: dict[str, Any], resumed: bool = False) -> str:
         parts.append(f"trained {result.get('train_time_s', 0.0):.1f} s")
     if "eval_time_s" in result:
         parts.append(f"eval {result['eval_time_s']:.1f} s")
+    judged = result.get("metrics", {}).get("judge_overall")
+    if isinstance(judged, (int, float)) and judged == judged:
+        parts.append(f"judged overall {judged:.2f}")
     return f"{head}: {', '.join(parts)}" + (" (done before)" if resumed else "")
 
 
@@ -287,6 +363,8 @@ def check_inputs(config: CompareConfig) -> None:
         raise RwftError(f"--data {config.data}: no such file or directory")
     if config.bootstrap_contexts <= 0:  # pi_0 is --model itself (bootstrap trains the tiny preset)
         locate_model(config.model)
+    if config.quality_judge and not config.quality_judge.startswith(("http://", "https://")):
+        locate_model(config.quality_judge)
 
 
 def run_compare(config: CompareConfig) -> dict[str, Any]:
@@ -302,14 +380,19 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     pi0 = make_pi0(config, out)
     data = collect_logs(config, pi0, out)
-    results = []
+    results, judged, judge = [], [], {}
     for seed in config.seeds:
         for method in config.methods:
             resumed = (out / "cells" / f"{method}-s{seed}" / "result.json").exists()
             results.append(run_cell(config, method, seed, data, pi0, out))
+            if config.quality_judge:
+                judged += add_quality(config, results[-1], out, judge)
             print(cell_line(results[-1], resumed), flush=True)
+    from rwft.eval.quality import judge_trust, trust_line
+    from rwft.rollout.judges import KEYS
+
     keep = ["reward", "correct", "success", "asked", "turns", "thinking", "length", "repetition", "distinct_2",
-            "perplexity"]
+            "perplexity", *(f"judge_{k}" for k in KEYS), "judge_failure"]
     names = [k for k in keep if any(r["metrics"].get(k) for r in results)]  # present and not always 0
     title = f"rwft compare: {config.env} {' '.join(config.env_args)}"
     notes = []
@@ -319,6 +402,8 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
         notes.append(f"pi_0 on {p.get('episodes', 0)} held-out rollouts: mean reward "
                      f"{p.get('mean_reward', float('nan')):.3f}, best-of-{config.samples_per_context} "
                      f"{p.get('best_of_m_reward', float('nan')):.3f}")
+    if judged:
+        notes.append(trust_line(judge_trust(judged), config.quality_judge))
     notes.append(f"plots and report: {out / 'report'}")
     files = write_report(results, out / "report", names, title=title, notes=notes)
     print(files["markdown"].read_text(), end="", flush=True)
