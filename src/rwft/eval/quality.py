@@ -13,8 +13,10 @@ are, and whether the Accuracy score separates right from wrong final answers (AU
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 from rwft.rollout.judges import KEYS, JudgeItem, RubricJudge
@@ -31,6 +33,24 @@ def judge_episodes(records: list[dict[str, Any]], generate, seed: int = 0, retri
         correct = item.metadata.get("correct")
         rows.append({"key": item.key, "correct": None if correct is None else bool(correct),
                      "scores": scores, "failure": failure})
+    return rows
+
+
+def judge_file(episodes: Path, out: Path, n: int, judge_model: str, cache: dict[str, Any],
+               seed: int = 0) -> list[dict[str, Any]]:
+    """The first ``n`` episodes of a JSONL file judged by ``judge_model`` (a model preset/directory or an
+    http(s):// URL, loaded into ``cache["backend"]`` on first use), written once to ``out`` and read from it
+    afterwards."""
+    from rwft.data.io import write_jsonl_atomic
+    from rwft.rollout.policies import make_policy
+
+    if out.exists():
+        return [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    records = [json.loads(x) for x in episodes.read_text().splitlines() if x.strip()][:n]
+    if "backend" not in cache:
+        cache["backend"] = make_policy(judge_model, None, 64)
+    rows = judge_episodes(records, cache["backend"].generate, seed=seed)
+    write_jsonl_atomic(out, rows)
     return rows
 
 

@@ -291,44 +291,24 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
     return result
 
 
-def judged_rows(config: CompareConfig, result: dict[str, Any], out: Path, judge: dict[str, Any]) -> list | None:
-    """The cell's judged episodes (``quality.jsonl``, made once): the first --quality-episodes evaluation
-    episodes graded by the rubric judge, loaded into ``judge["backend"]`` on first use. None for a cell
-    without evaluation episodes (one that could not train)."""
-    from rwft.data.io import write_jsonl_atomic
-    from rwft.eval.quality import judge_episodes
+def add_quality(config: CompareConfig, result: dict[str, Any], out: Path, judge: dict[str, Any]) -> list:
+    """Add the judged means (``judge_overall`` ..., ``judge_failure``) of the cell's first --quality-episodes
+    evaluation episodes to its metrics and result.json; return the judged rows (none for a cell that could not
+    train). The judge loads into ``judge`` on first use; a cell is judged once (``quality.jsonl``)."""
+    from rwft.eval.quality import judge_file, quality_metrics
 
     cell = out / "cells" / f"{result['method']}-s{result['seed']}"
-    path = cell / "quality.jsonl"
-    if path.exists():
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     episodes = cell / "eval" / f"episodes-s{config.eval_seed + result['seed']}.jsonl"
     if "error" in result or not episodes.exists():
-        return None
-    records = [json.loads(x) for x in episodes.read_text().splitlines() if x.strip()][: config.quality_episodes]
-    if "backend" not in judge:
-        from rwft.rollout.policies import make_policy
-
-        judge["backend"] = make_policy(config.quality_judge, None, 64)
-    rows = judge_episodes(records, judge["backend"].generate, seed=config.collect_seed)
-    write_jsonl_atomic(path, rows)
-    return rows
-
-
-def add_quality(config: CompareConfig, result: dict[str, Any], out: Path, judge: dict[str, Any]) -> list:
-    """Add the judged means (``judge_overall`` ..., ``judge_failure``) to a cell's metrics and result.json;
-    return its judged rows (empty when there are none)."""
-    from rwft.eval.quality import quality_metrics
-
-    t0 = time.perf_counter()
-    rows = judged_rows(config, result, out, judge)
-    if rows is None:
         return []
+    t0 = time.perf_counter()
+    rows = judge_file(episodes, cell / "quality.jsonl", config.quality_episodes, config.quality_judge, judge,
+                      seed=config.collect_seed)
     metrics = quality_metrics(rows)
     if any(result["metrics"].get(k) != v for k, v in metrics.items() if v == v):  # new or changed (NaN skipped)
         result["metrics"].update(metrics)
         result.setdefault("quality_time_s", time.perf_counter() - t0)
-        done = out / "cells" / f"{result['method']}-s{result['seed']}" / "result.json"
+        done = cell / "result.json"
         tmp = done.with_name(".result.json.tmp")
         tmp.write_text(json.dumps(result))
         os.replace(tmp, done)
