@@ -31,6 +31,7 @@ assumes unsharded weights (DDP, not FSDP / DeepSpeed ZeRO-3).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from rwft.data.arrow import _digest
 from rwft.errors import RwftError
 from rwft.objectives.qsft import SUPPORT_MIN_PROB, bellman_targets, next_state_values, polyak_, qsft_loss, transitions
 from rwft.train import skeleton
@@ -72,7 +74,8 @@ def prepare(config: TrainConfig, tokenizer):
     rewards = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.float32()))
     rows = data.with_format("arrow")["row"]
     data = data.with_format(None).add_column(
-        "turn_rewards", rewards.take(rows), new_fingerprint=skeleton_digest(data._fingerprint, values.tobytes().hex()))
+        "turn_rewards", rewards.take(rows),
+        new_fingerprint=_digest(data._fingerprint, hashlib.sha256(values.tobytes()).hexdigest()))
     behaviour = Path(config.behaviour_model and _resolve(config.behaviour_model) or train_behaviour(config))
     cache = behaviour_cache(data, behaviour, config.qsft_top_k)
     import datasets
@@ -81,12 +84,6 @@ def prepare(config: TrainConfig, tokenizer):
     summary = (f"{stats.kept} of {stats.conversations} conversations, {stats.agent_tokens} agent tokens "
                f"({stats.truncated} truncated, {stats.too_long} too long); objective qsft, behaviour {behaviour}")
     return (data, stats, behaviour), summary
-
-
-def skeleton_digest(*parts: Any) -> str:
-    from rwft.data.arrow import _digest
-
-    return _digest(*parts)
 
 
 def _resolve(name: str) -> str:
@@ -107,6 +104,9 @@ def train_behaviour(config: TrainConfig) -> Path:
         skeleton.check_config(out, sft.resolved())
         return out
     skeleton.run(sft, weighted.prepare, weighted.make_trainer, "behaviour")
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the outer run's random state as if the behaviour had been there (LoRA init)
     return out
 
 
@@ -127,7 +127,7 @@ def behaviour_cache(data, behaviour: Path, k: int):
     from rwft.data.arrow import data_cache_dir
     from rwft.presets import build_atomically
 
-    key = skeleton_digest(CACHE_VERSION, data._fingerprint, str(behaviour), _model_stamp(behaviour), k,
+    key = _digest(CACHE_VERSION, data._fingerprint, str(behaviour), _model_stamp(behaviour), k,
                           SUPPORT_MIN_PROB)
     target = data_cache_dir() / f"qsft-behaviour-{key}"
     if not (target / "cache.arrow").exists():
@@ -275,8 +275,13 @@ class QTrainer(WeightedTrainer):
         mask = labels != -100
         state = mask[:, 1:]  # the logits at t - 1 give p(. | s_t) for the agent token at t
         with torch.no_grad():
-            bar = functional_call(self.model, self._ensure_target(), args=(), kwargs=inputs).logits[:, :-1][state]
-            bar = bar.float()
+            training = self.model.training
+            self.model.eval()  # the target without dropout
+            try:
+                bar = functional_call(self.model, self._ensure_target(), args=(), kwargs=inputs).logits
+            finally:
+                self.model.train(training)
+            bar = bar[:, :-1][state].float()
             support = torch.cat([labels[mask][:, None], phi_ids[mask]], dim=-1)
             lbar = bar.gather(-1, support) - bar.logsumexp(-1, keepdim=True)
             v = next_state_values(lbar, torch.cat([phi_logp[mask][:, None], phi_lp[mask]], dim=-1))
