@@ -64,3 +64,13 @@ def test_verdicts_need_non_overlapping_intervals():
                      "refit overlaps sft on reward: 0.600 ± 0.100 vs 0.500 ± 0.200",
                      "refit loses to dpo on reward: 0.600 ± 0.100 vs 0.900 ± 0.010"]
     assert report.verdicts(rows, ours=("swift",)) == []
+
+
+def test_one_seed_uses_the_interval_over_evaluation_episodes():
+    one = [{"method": "refit", "seed": 0, "metrics": {"reward": 0.5, "length": 3.0},
+            "metrics_ci": {"reward": {"mean": 0.5, "half": 0.12, "n": 40}}}]
+    row = report.summarize(one)[0]
+    assert row["reward"]["half"] == 0.12 and row["reward"]["n"] == 40 and row["reward"]["lo"] == pytest.approx(0.38)
+    assert row["length"]["half"] == 0.0 and row["length"]["n"] == 1  # no episode interval: the point itself
+    two = one + [{"method": "refit", "seed": 1, "metrics": {"reward": 0.7}, "metrics_ci": one[0]["metrics_ci"]}]
+    assert report.summarize(two)[0]["reward"]["n"] == 2  # several seeds: the interval between seeds

@@ -162,7 +162,10 @@ def test_judged_quality_columns_once_per_cell_and_added_to_finished_cells(fake_s
                  "metadata": {"gold": "A", "correct": good or i == 0}} for i in range(4)]
         (cell / "eval" / f"episodes-s{config.eval_seed + seed}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in recs))
-        return plain_eval(config, policy, seed, pi0, cell)
+        ev = plain_eval(config, policy, seed, pi0, cell)
+        (cell / "eval" / "metrics.json").write_text(json.dumps({"metrics": {
+            "reward": dict(ev["metrics"]["reward"], half=0.2, n=4), "distinct_2": 0.5}}))
+        return ev
 
     judged = []
 
@@ -182,6 +185,7 @@ def test_judged_quality_columns_once_per_cell_and_added_to_finished_cells(fake_s
     table = open(files["markdown"]).read()
     assert "| judge_overall | judge_accuracy |" in table and "| 0.800 ± 0.000 | 0.900 ± 0.000 |" in table
     assert "judge tiny on 6 episodes: 0% replies unparseable" in table
+    assert "| refit | 1 | 0.500 ± 0.200 |" in table and "one seed: each ± is the 95% interval over" in table
     result = json.loads((tmp_path / "cmp" / "cells" / "refit-s0" / "result.json").read_text())
     assert result["metrics"]["judge_confidence_calibration"] == pytest.approx(0.4)
     compare.run_compare(compare.CompareConfig(**kw, quality_judge="tiny", quality_episodes=3))

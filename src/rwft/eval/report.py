@@ -6,10 +6,13 @@ A result is a dict::
      "metrics": {"reward": 0.61, "accuracy": 0.55, ...},      # one number per metric (an eval's means)
      "train_time_s": 12.3, "peak_memory_mb": 850.0,           # cost of training (0 for Base)
      "train_log": [{"step": 1, "loss": 0.7}, ...],            # optional: per-step training log
+     "metrics_ci": {"reward": {"mean": 0.61, "half": 0.1, "n": 40, ...}},  # optional: over evaluation episodes
      "samples": [[{"role": ..., "content": ...}, ...], ...]}  # optional: sample conversations
 
 Each table cell is the mean over seeds with a 95% Student-t interval (``metrics.mean_ci``): the spread
 is between seeds (training and evaluation seeds together), the quantity a user can expect to reproduce.
+A method run with one seed has no spread between seeds: its interval is then the one over its evaluation
+episodes (``metrics_ci``, when the result carries it), which leaves out the training seed's variance.
 """
 
 from __future__ import annotations
@@ -39,15 +42,20 @@ def metric_names(results: Sequence[dict[str, Any]]) -> list[str]:
 
 def summarize(results: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per method: for each metric and cost, ``mean_ci`` over that method's seeds (NaN values and
-    missing metrics are left out of the interval, and ``n`` says how many seeds it used)."""
+    missing metrics are left out of the interval, and ``n`` says how many seeds it used); with one seed,
+    the result's interval over evaluation episodes when it has one (``n`` then counts episodes)."""
     metrics = list(metrics or metric_names(results))
     rows = []
     for method in methods_in_order(results):
         mine = [r for r in results if r["method"] == method]
         row: dict[str, Any] = {"method": method, "seeds": len(mine)}
         for name in metrics:
-            vals = [r["metrics"][name] for r in mine if _finite(r.get("metrics", {}).get(name))]
-            row[name] = mean_ci(vals)
+            have = [r for r in mine if _finite(r.get("metrics", {}).get(name))]
+            row[name] = mean_ci([r["metrics"][name] for r in have])
+            episodes = have[0].get("metrics_ci", {}).get(name) if len(have) == 1 else None
+            if isinstance(episodes, dict) and episodes.get("n", 0) > 1 and _finite(episodes.get("half")):
+                row[name] = dict(row[name], half=episodes["half"], n=episodes["n"],
+                                 lo=row[name]["mean"] - episodes["half"], hi=row[name]["mean"] + episodes["half"])
         for key in COST_KEYS:
             row[key] = mean_ci([r[key] for r in mine if _finite(r.get(key))])
         rows.append(row)

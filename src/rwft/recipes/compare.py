@@ -315,6 +315,23 @@ def add_quality(config: CompareConfig, result: dict[str, Any], out: Path, judge:
     return rows
 
 
+def episode_intervals(cell: Path) -> dict[str, dict[str, float]]:
+    """Per metric, the 95% interval over the cell's evaluation episodes (eval/metrics.json) and its judged
+    episodes (quality.jsonl): the table's interval when a method has one seed (``eval.report.summarize``)."""
+    from rwft.eval.metrics import mean_ci
+    from rwft.rollout.judges import KEYS
+
+    out: dict[str, dict[str, float]] = {}
+    path = cell / "eval" / "metrics.json"
+    if path.exists():
+        out.update({k: v for k, v in json.loads(path.read_text())["metrics"].items() if isinstance(v, dict)})
+    path = cell / "quality.jsonl"
+    if path.exists():
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        out.update({f"judge_{k}": mean_ci([r["scores"][k] for r in rows if r["scores"]]) for k in KEYS})
+    return out
+
+
 def cell_line(result: dict[str, Any], resumed: bool = False) -> str:
     """The one line printed per cell: ``refit seed 1: reward 0.853, trained 5.2 s, eval 3.1 s``."""
     head = f"{result['method']} seed {result['seed']}"
@@ -368,6 +385,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
             if config.quality_judge:
                 judged += add_quality(config, results[-1], out, judge)
             print(cell_line(results[-1], resumed), flush=True)
+            results[-1]["metrics_ci"] = episode_intervals(out / "cells" / f"{method}-s{seed}")
     from rwft.eval.quality import judge_trust, trust_line
     from rwft.rollout.judges import KEYS
 
@@ -384,6 +402,9 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
                      f"{p.get('best_of_m_reward', float('nan')):.3f}")
     if judged:
         notes.append(trust_line(judge_trust(judged), config.quality_judge))
+    if len(config.seeds) == 1:
+        notes.append("one seed: each ± is the 95% interval over that cell's evaluation (or judged) episodes, "
+                     "not over training seeds")
     notes.append(f"plots and report: {out / 'report'}")
     files = write_report(results, out / "report", names, title=title, notes=notes)
     print(files["markdown"].read_text(), end="", flush=True)
