@@ -90,19 +90,49 @@ def test_make_policy_of_a_run_dir_and_batched_equals_per_row(run_dir):
     assert strong.generate(CONVS, [0.0] * 3, seeds) != behaviour.generate(CONVS, [0.0] * 3, seeds)
 
 
+def recording(policy):
+    """The policy, with every QSFTProcessor it makes kept in the returned list."""
+    made, factory = [], policy.logits_processors[0]
+    policy.logits_processors[0] = lambda *args: made.append(factory(*args)) or made[-1]
+    return made
+
+
 def test_episodes_with_cache_reuse_equal_fresh_prefills(run_dir):
-    """Across turns HFPolicy reuses pi_phi's cache (masked, compacted columns); the Q model prefills the same
-    columns under the same mask, so episodes equal those of fresh prefills."""
+    """Across turns HFPolicy reuses pi_phi's cache (masked, compacted columns) and the Q model's alongside;
+    episodes equal those of fresh prefills of both."""
     from rwft.rollout.collect import run_episodes
 
     env = make_env("twenty-questions", ["horizon=3"])
     tasks = [t for t in env.tasks(2, 0) for _ in range(2)]
-    runs = []
+    runs, reused = [], []
     for reuse in (True, False):
         policy = make_policy(str(run_dir), env, 8)
         policy.reuse_cache = reuse
+        made = recording(policy)
         runs.append([ep.messages for ep in run_episodes(env, policy, tasks, [0, 1] * 2, [1.0, 0.0] * 2, seed=0)])
+        reused.append([p.reused_columns for p in made])
     assert runs[0] == runs[1] and max(len(m) for m in runs[0]) > 3
+    assert reused[1] == [0, 0, 0] and reused[0][0] == 0 and all(r > 0 for r in reused[0][1:])
+
+
+def test_q_cache_follows_rows_leaving_reordered_and_edited(run_dir):
+    """As in test_policies: rows leave, come back in another order, one agent text is edited; each call gives
+    what fresh prefills of both models give."""
+    fresh, reused = make_policy(str(run_dir), None, 10), make_policy(str(run_dir), None, 10)
+    fresh.reuse_cache = False
+    made = recording(reused)
+    owners = [object() for _ in range(4)]
+    convs = [[{"role": "user", "content": q}] for q in ("2 + 3?", "A long question about the moon and the sun?",
+                                                         "Hi", "Name a colour.")]
+    plan = [([0, 1, 2, 3], {}), ([0, 2, 3], {2: "edited"}), ([3, 0], {}), ([3, 0, 1], {})]
+    for turn, (rows, edits) in enumerate(plan):
+        args = ([convs[r] for r in rows], [1.0] * len(rows), [100 * turn + r for r in rows])
+        out = reused.generate(*args, owners=[owners[r] for r in rows])
+        assert out == fresh.generate(*args), f"turn {turn}"
+        assert (made[-1].reused_columns > 0) == (turn in (1, 2))  # turn 3 brings back row 1: afresh
+        for r, text in zip(rows, out, strict=True):
+            convs[r] = convs[r] + [{"role": "assistant", "content": edits.get(r, text)},
+                                   {"role": "user", "content": "No." if r % 2 else "Tell me more, please."}]
 
 
 def test_lora_adapter_run_dir(tmp_path, run_dir):

@@ -23,7 +23,7 @@ model with ``rollout.qsft_policy``'s extraction), or a preset name / model direc
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,6 +104,8 @@ class _Session:
     """[rows, C] 1 where the column belongs to the row's conversation (0: padding or stale)"""
     cache: Any
     """a transformers DynamicCache holding the C columns"""
+    extra: list[Any] = field(default_factory=list)
+    """per logits-processor factory, its own KV cache over the same C columns (or None); see ``generate``"""
 
 
 def _bf16_supported(device: str) -> bool:
@@ -161,9 +163,9 @@ class HFPolicy:
         self.generated_tokens = 0
         self.prefilled_tokens = 0
         self._session: _Session | None = None
+        self._extra: list[Any] = []
         self.logits_processors: list[Any] = []
-        """factories ``(input_ids, attention_mask) -> LogitsProcessor`` called once per ``generate`` with its
-        prompt; their processors run, in order, before the row sampler (Q-SFT's extraction uses this)."""
+        """factories ``(input_ids, attention_mask, cache) -> LogitsProcessor``, see ``generate``"""
 
     def _render(self, conv: list[dict[str, Any]], keep: int) -> list[int]:
         msgs = [{"role": m["role"], "content": m["content"]} for m in conv]
@@ -182,7 +184,8 @@ class HFPolicy:
         return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
 
     def _resume(self, owners: list[Any], rows: list[list[int]]) -> tuple[Any, Any, Any, list[list[int]]] | None:
-        """The previous call's cache narrowed to ``owners``' rows, with each row's uncached suffix; or None."""
+        """The previous call's cache narrowed to ``owners``' rows, with each row's uncached suffix; or None.
+        The processors' caches (``_Session.extra``) get the same rows and columns, in ``self._extra``."""
         import torch
 
         from rwft.rollout.kv_cache import compact
@@ -197,6 +200,9 @@ class HFPolicy:
         if pos != list(range(len(s.owners))):
             sel = torch.tensor(pos, device=s.ids.device)
             s.cache.batch_select_indices(sel)
+            for c in s.extra:
+                if c is not None:
+                    c.batch_select_indices(sel)
             s.ids, s.mask = s.ids[sel], s.mask[sel]
         mask = s.mask.clone()
         suffixes = []
@@ -205,7 +211,11 @@ class HFPolicy:
             p = min(common_prefix(s.ids[r, cols].tolist(), row), len(row) - 1)
             mask[r, cols[p:]] = 0
             suffixes.append(row[p:])
+        for c in s.extra:  # drop the same columns from the processors' caches as from the policy's
+            if c is not None:
+                compact(c, s.ids, mask)
         ids, mask = compact(s.cache, s.ids, mask)
+        self._extra = [c if c is not None and c.get_seq_length() == ids.shape[1] else None for c in s.extra]
         return ids, mask, s.cache, suffixes
 
     def _shared_prefill(self, rows: list[list[int]]) -> tuple[Any, Any, Any, list[list[int]]] | None:
@@ -236,6 +246,12 @@ class HFPolicy:
 
         ``owners`` (one object per conversation, e.g. its episode) turns on KV-cache reuse: a later call
         whose owners are all among this call's continues from this call's cache.
+
+        Each factory of ``self.logits_processors`` is called as ``f(input_ids, attention_mask, cache)`` with
+        the prompt of the call; its processor runs, in order, before the row sampler (Q-SFT's extraction).
+        ``cache`` is None, or the KV cache the factory's processor of the previous call left in its
+        ``cache`` attribute, narrowed to this call's rows and to the first ``cache.get_seq_length()`` columns
+        of ``input_ids`` (the policy's own cache reuse, applied to the processor's model too).
         """
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
@@ -244,7 +260,7 @@ class HFPolicy:
 
         new = max_new_tokens or self.max_new_tokens
         rows = [self._render(c, max(1, self.max_len - new)) for c in conversations]
-        resumed = None
+        resumed, self._extra = None, []
         if self.reuse_cache:
             resumed = (self._resume(owners, rows) if owners is not None else None) or self._shared_prefill(rows)
         if resumed is None:
@@ -260,11 +276,13 @@ class HFPolicy:
         config = GenerationConfig(
             max_new_tokens=new, do_sample=False, pad_token_id=pad, eos_token_id=self.tok.eos_token_id
         )
+        extra = self._extra if len(self._extra) == len(self.logits_processors) else [None] * len(self.logits_processors)
+        procs = [f(input_ids, mask, c) for f, c in zip(self.logits_processors, extra, strict=True)]
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=mask, generation_config=config, past_key_values=cache,
-                logits_processor=LogitsProcessorList([*(f(input_ids, mask) for f in self.logits_processors),
-                                                      _row_sampler(temperatures, seeds, start, new, self.device)]),
+                logits_processor=LogitsProcessorList([*procs, _row_sampler(temperatures, seeds, start, new,
+                                                                            self.device)]),
             )
         texts, gen_mask = [], torch.zeros_like(out[:, start:])
         for r, row in enumerate(out[:, start:].tolist()):
@@ -276,7 +294,10 @@ class HFPolicy:
             texts.append(self.tok.decode(row, skip_special_tokens=True).strip())
         if owners is not None and self.reuse_cache and cache.get_seq_length() == out.shape[1] - 1 \
                 and out.shape[1] < 2 * self.max_len:
-            self._session = _Session(list(owners), out[:, :-1], torch.cat([mask, gen_mask], dim=1)[:, :-1], cache)
+            kept = [getattr(p, "cache", None) for p in procs]
+            kept = [c if c is not None and c.get_seq_length() == out.shape[1] - 1 else None for c in kept]
+            self._session = _Session(list(owners), out[:, :-1], torch.cat([mask, gen_mask], dim=1)[:, :-1], cache,
+                                     kept)
         return texts
 
     def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:

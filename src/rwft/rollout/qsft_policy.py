@@ -7,8 +7,9 @@ by the behaviour policy is a (conservative) Q-value in [0, 1]. It acts with
 
 where pi_phi is the behaviour policy (SFT on the logged data). In logits: ``extraction_scores`` =
 log_softmax(pi_phi's logits) + beta * softmax(p_theta's logits). ``HFPolicy`` generates with pi_phi as
-its model; ``QSFTProcessor`` runs p_theta on the same tokens alongside (its own KV cache: one prefill of
-the prompt with the batch's attention mask and position ids from the mask, then one token per step) and
+its model; ``QSFTProcessor`` runs p_theta on the same tokens alongside (its own KV cache: a prefill of
+the prompt with the batch's attention mask and position ids from the mask, then one token per step; from
+the second turn of the same episodes on, the prefill covers only the new tokens, as for pi_phi) and
 rewrites the scores before the row sampler, so temperature (applied to the whole adjusted score) and
 per-row seeded sampling work as for any policy.
 
@@ -52,14 +53,20 @@ def extraction_scores(behaviour_logits: torch.Tensor, q_logits: torch.Tensor, be
 class QSFTProcessor(LogitsProcessor):
     """Rewrites pi_phi's next-token scores into Q-SFT's extraction with the Q model ``q_model`` (see the
     module docstring). One instance per ``generate`` call: ``attention_mask`` is the mask of the prompt
-    ``input_ids`` the call starts from (left padding and masked cache columns as 0)."""
+    ``input_ids`` the call starts from (left padding and masked cache columns as 0); ``past``, the Q model's
+    cache of the previous turn narrowed by ``HFPolicy`` to the prompt's first ``past.get_seq_length()``
+    columns, or None. After the call ``cache`` holds every column but the last generated one, as
+    ``HFPolicy`` keeps for the next turn."""
 
-    def __init__(self, q_model: Any, beta: float, attention_mask: torch.Tensor):
+    def __init__(self, q_model: Any, beta: float, attention_mask: torch.Tensor, past: Any = None):
         self.q_model = q_model
         self.beta = float(beta)
         self.mask = attention_mask
+        self.past = past
         self.cache: Any = None
         self.seen = 0
+        self.reused_columns = 0
+        """columns of the prompt that came cached from the previous turn (0: a full prefill)"""
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         from rwft.rollout.kv_cache import growing_cache
@@ -68,8 +75,14 @@ class QSFTProcessor(LogitsProcessor):
             if input_ids.shape != self.mask.shape:
                 raise RuntimeError(f"QSFTProcessor: prompt {tuple(input_ids.shape)} and mask "
                                    f"{tuple(self.mask.shape)} differ")
-            self.cache = growing_cache(self.q_model.config)
-            feed, position = input_ids, (self.mask.cumsum(-1) - 1).clamp(min=0)
+            position = (self.mask.cumsum(-1) - 1).clamp(min=0)
+            done = 0 if self.past is None else self.past.get_seq_length()
+            if 0 < done < input_ids.shape[1]:  # the previous turn's columns are cached: prefill the rest
+                self.cache, feed, position = self.past, input_ids[:, done:], position[:, done:]
+                self.reused_columns = done
+            else:
+                self.cache, feed = growing_cache(self.q_model.config), input_ids
+            self.past = None
         else:  # one new token per step
             if input_ids.shape[1] != self.seen + 1:
                 raise RuntimeError(f"QSFTProcessor: expected {self.seen + 1} columns, got {input_ids.shape[1]}")
@@ -142,7 +155,7 @@ def make_qsft_policy(run_dir: str, max_new_tokens: int = 64, beta: float = 0.0) 
     if q_vocab < b_vocab:
         raise RwftError(f"{run / QSFT_FILE}: the Q model's vocabulary ({q_vocab}) is smaller than the behaviour "
                         f"model's ({b_vocab}); both must come from the same pretrained model")
-    policy.logits_processors.append(lambda ids, mask: QSFTProcessor(q_model, beta, mask))
+    policy.logits_processors.append(lambda ids, mask, past: QSFTProcessor(q_model, beta, mask, past))
     policy.q_model, policy.beta = q_model, beta
     policy.name = f"{run_dir} (qsft, beta {beta:g})"
     return policy
