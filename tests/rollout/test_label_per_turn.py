@@ -128,3 +128,29 @@ def test_env_that_cannot_score_prefixes_is_refused_before_writing(tmp_path):
     write_jsonl(data, [rec])
     with pytest.raises(RwftError, match="needs metadata.env"):
         run_label(LabelConfig(data=str(data), out=str(out), judge="env", per_turn=True, progress=False))
+
+
+def test_a_prefix_the_judge_cannot_score_makes_the_reward_null(tmp_path, games):
+    from openai_stub import StubServer
+
+    def reply(msgs, body):  # fails on every transcript with exactly two agent turns
+        k = msgs[-1]["content"].count("[assistant]")
+        return "no idea" if k == 2 else "\n".join(f"{d}: 5" for d in (
+            "Overall", "Accuracy", "Reasoning", "Comprehensiveness", "Pedagogical value", "Confidence calibration"))
+
+    server = StubServer(reply)
+    try:
+        out = tmp_path / "o.jsonl"
+        summary = run_label(LabelConfig(data=str(games), out=str(out), judge="rubric", judge_model=server.url,
+                                        api_model="j", judge_retries=0, per_turn=True, progress=False))
+    finally:
+        server.close()
+    recs, originals = read(out), read(games)
+    for rec, orig in zip(recs, originals, strict=True):
+        turns = sum(m["role"] == "assistant" for m in rec["messages"])
+        if turns > 2:
+            assert rec["reward"] is None and "prefix up to agent turn 2" in rec["metadata"]["judge_failure"]
+            assert rec["messages"] == orig["messages"] and "per_turn" not in rec["metadata"]
+        elif turns == 1:
+            assert rec["reward"] == 0.5 and rec["messages"][1]["reward"] == 0.5
+    assert summary["failures"] == sum(r["reward"] is None for r in recs) > 0
