@@ -119,3 +119,34 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
         [{k: v for k, v in r.items() if k not in drop} for r in lb]
     ea, eb = ((d / "episodes.jsonl").read_text() for d in (whole, cut))
     assert ea == eb
+
+
+def test_served_generator_gets_each_synced_adapter(tmp_path):
+    """--generator-url: episodes come from the server, and after each sync the trainer's adapter is saved, loaded
+    there under a new name, and the next steps' requests name it; the in-process generator copy matches it."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "rollout"))
+    from test_http_policy import Server
+
+    server = Server(lambda body: "word " * (body["seed"] % 7))
+    out = tmp_path / "run"
+    try:
+        assert main(["iterate", "--output", str(out), *BASE, "--objective", "grpo", "--sync-every", "2", "--steps", "4",
+                     "--lora", "true", "--generator-url", server.url, "--served-model", "pi0"]) == 0
+    finally:
+        server.close()
+    loads = [b for p, b in server.posts if p.endswith("/load_lora_adapter")]
+    assert [Path(b["lora_path"]).name for b in loads] == ["step-2", "step-4"]
+    assert all((Path(b["lora_path"]) / "adapter_config.json").exists() for b in loads)
+    names = [b["model"] for b in server.chats()]
+    assert len(names) == 16 and names[:8] == ["pi0"] * 8 and set(names[8:]) == {loads[0]["lora_name"]}
+    rows = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
+    assert rows[-1]["kl"] > 0  # the adapter trained
+
+
+def test_unreachable_server_and_full_weight_sync_are_refused_before_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["iterate", "--output", str(out), *BASE, "--generator-url", "http://127.0.0.1:9/v1", "--served-model", "m"]
+    assert main(args) == 2 and "add --lora" in capsys.readouterr().err
+    assert main([*args, "--lora", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unreachable" in err and len(err.splitlines()) == 1 and not out.exists()

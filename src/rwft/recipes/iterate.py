@@ -33,7 +33,7 @@ from typing import Any
 from rwft.errors import RwftError
 
 VERIFIABLE = ("mcqa", "twenty-questions")
-NEUTRAL = ("progress", "quiet", "threads")
+NEUTRAL = ("progress", "quiet", "threads", "api_key_env")
 
 
 @dataclass
@@ -86,6 +86,20 @@ class IterateConfig:
     """Seed of the tasks, the sampling and the pairs."""
     save_every: int = 10
     """With --sync-every never: steps between checkpoints (otherwise a checkpoint follows each sync)."""
+    lora: bool = False
+    """Train a LoRA adapter (PEFT, all linear layers) instead of all weights; needed by --generator-url."""
+    lora_r: int = 8
+    """LoRA rank (a vLLM server needs --max-lora-rank at least this)."""
+    lora_alpha: int = 16
+    """LoRA scaling alpha."""
+    generator_url: str = ""
+    """An OpenAI-compatible server (http://host:port/v1) serving pi_0 as --served-model, with runtime LoRA loading
+    (vLLM: --enable-lora, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; scripts/vllm_cpu.sh). It generates; each sync saves
+    the adapter under OUTPUT/adapters/ and loads it there. Needs --lora (full-weight sync to a server is not done)."""
+    served_model: str = ""
+    """The name the server gives pi_0 (its --served-model-name)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the server's API key, if it wants one (the key is never written)."""
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
     progress: bool = True
@@ -124,6 +138,11 @@ class IterateConfig:
             raise RwftError(f"--env-weights {self.env_weights}: expected non-negative weights, not all 0")
         if len(set(self.env)) != len(self.env):
             raise RwftError(f"--env {self.env}: each environment once")
+        if self.generator_url and not self.lora:
+            raise RwftError("--generator-url: a served generator is synced by hot-loading a LoRA adapter; add --lora "
+                            "(full-weight sync to a server is out of scope)")
+        if self.generator_url and not self.served_model:
+            raise RwftError("--generator-url: give --served-model, the name the server gives pi_0")
         if self.temperature < 0 or self.learning_rate <= 0 or self.beta <= 0 or self.kl_coef < 0:
             raise RwftError("--temperature, --learning-rate, --beta, --kl-coef: expected >= 0 (rate, beta > 0)")
 
@@ -175,6 +194,38 @@ def _save_state(out: Path, learner, step: int, generator_step: int) -> None:
     os.replace(tmp, out / "state.pt")
 
 
+class Served:
+    """The served generator: an OpenAI-compatible policy whose model name is the last adapter loaded."""
+
+    def __init__(self, config: IterateConfig, out: Path, learner) -> None:
+        from rwft.rollout.http_policy import OpenAIPolicy
+
+        self.config, self.out, self.learner = config, out, learner
+        self.policy = OpenAIPolicy(config.generator_url, config.served_model, config.api_key_env,
+                                   config.max_new_tokens)
+        self.tag = f"rwft-{stable_tag(out)}"
+
+    def load(self, step: int) -> None:
+        """Save the trainer's adapter (at its sync ``step``) and make the server generate with it."""
+        from rwft.rollout.http_policy import load_lora_adapter, unload_lora_adapter
+
+        path = (self.out / "adapters" / f"step-{step}").resolve()
+        if not (path / "adapter_config.json").exists():
+            self.learner.model.save_pretrained(path)
+        name, old = f"{self.tag}-{step}", self.policy.model
+        unload_lora_adapter(self.config.generator_url, name, self.config.api_key_env)  # a stale load of a rerun
+        load_lora_adapter(self.config.generator_url, name, str(path), self.config.api_key_env)
+        self.policy.model = name
+        if old != self.config.served_model:
+            unload_lora_adapter(self.config.generator_url, old, self.config.api_key_env)
+
+
+def stable_tag(out: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+
+
 def run_iterate(config: IterateConfig) -> dict[str, Any]:
     """Run (or resume) the loop; returns a summary (steps done, the last step's line, paths)."""
     from tqdm.auto import tqdm
@@ -190,6 +241,10 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
     interval = config.interval()
     envs = {name: make_env(name, args) for name, args in env_options(config).items()}
     locate_model(config.policy)
+    if config.generator_url:
+        from rwft.rollout.http_policy import check_server
+
+        check_server(config.generator_url, config.served_model, config.api_key_env)
     out = Path(config.output)
     resolved = {k: v for k, v in dataclasses.asdict(config).items() if k not in NEUTRAL}
     skeleton.check_config(out, resolved)
@@ -201,7 +256,8 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
         model=config.policy, objective=config.objective, learning_rate=config.learning_rate,
         adam_epsilon=config.adam_epsilon, max_grad_norm=config.max_grad_norm, beta=config.beta,
         kl_coef=config.kl_coef, scale_advantages=config.scale_advantages, max_length=config.max_length,
-        max_new_tokens=config.max_new_tokens))
+        max_new_tokens=config.max_new_tokens, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+        seed=config.seed))
     judge = make_judge("env")
     skeleton.write_config(out, resolved)
     say = (lambda *_: None) if config.quiet else print
@@ -215,6 +271,10 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
         learner.load_state(state, generator_synced=generator_step == start and start > 0,
                            reference_synced=config.sync_reference)
         say(f"rwft iterate: resuming at step {start}")
+    served = Served(config, out, learner) if config.generator_url else None
+    if served is not None and generator_step > 0:
+        served.load(generator_step)  # the server may have restarted since: load the last synced adapter again
+    generator = served.policy if served is not None else learner.generator
     _cut_jsonl(steps_log, lambda r: r["step"] <= start)
     _cut_jsonl(episodes_log, lambda r: r["metadata"]["iterate_step"] <= start)
     counts = prompt_split(config.prompts_per_step, config.env_weights or [1.0] * len(envs))
@@ -232,7 +292,7 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
             order = [(t, j) for t in tasks for j in range(config.group_size)]
             samples = [j for _, j in order]
             temps = [config.temperature] * len(order)
-            episodes = run_episodes(env, learner.generator, [t for t, _ in order], samples, temps, step_seed)
+            episodes = run_episodes(env, generator, [t for t, _ in order], samples, temps, step_seed)
             recs = episode_records(env, judge, config.policy, episodes, samples, temps, step_seed)
             for r in recs:
                 r["metadata"]["iterate_step"] = step + 1
@@ -245,6 +305,8 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
         synced = interval is not None and (step + 1) % interval == 0
         if synced:
             learner.sync(config.sync_reference)
+            if served is not None:
+                served.load(step + 1)
         t3 = time.perf_counter()
         line = {"step": step + 1, "reward": sum(r["reward"] for r in records) / len(records)}
         for name in envs:

@@ -135,6 +135,9 @@ def run_episodes(env: Environment, policy: Any, tasks: list[Task], samples: list
                  seed: int) -> list[Episode]:
     """Play one batch to the end in lockstep: one ``policy.act`` call per turn over the live episodes."""
     episodes = [env.start(t) for t in tasks]
+    if hasattr(policy, "play"):  # a served policy: every episode in flight, each advancing on its own
+        policy.play(env, episodes, temps, lambda k, t: turn_seed(seed, tasks[k].context_id, samples[k], t), MAX_TURNS)
+        return episodes
     live = list(range(len(episodes)))
     turn = 0
     while live:

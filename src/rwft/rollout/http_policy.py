@@ -3,6 +3,13 @@ server, a hosted API), with the stdlib only.
 
 ``POST {base_url}/chat/completions``; the requests of a batch run in threads. The API key is read from the
 environment variable named by ``api_key_env`` and is never logged, written or put in an error.
+
+``play`` keeps a server full: each episode runs in a thread of its own, turn after turn, so every live
+episode's request is in flight at once and an episode's next turn goes out as soon as its reply is in,
+without waiting for the rest of the batch (the collector's lockstep ``act`` waits for the slowest reply of
+each turn). Each request keeps its (seed, context, sample, turn) seed, so the episodes are the same either way
+when the server honours the seed. ``check_server`` and ``load_lora_adapter`` / ``unload_lora_adapter`` are
+what ``rwft iterate --generator-url`` needs (vLLM's runtime LoRA endpoints).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,7 +31,7 @@ class OpenAIPolicy:
     """An OpenAI-compatible chat-completions endpoint; the key comes only from ``$api_key_env``."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 256,
-                 timeout: float = 120.0, retries: int = 3, workers: int = 8):
+                 timeout: float = 120.0, retries: int = 3, workers: int = 8, max_in_flight: int = 256):
         if not model:
             raise RwftError(f"--policy {base_url}: an HTTP endpoint needs --api-model (the served model's name)")
         self.base_url = base_url.rstrip("/")
@@ -33,6 +41,7 @@ class OpenAIPolicy:
         self.timeout = timeout
         self.retries = retries
         self.workers = workers
+        self.max_in_flight = max_in_flight
         self.name = f"{model}@{self.base_url}"
         self.generated_tokens = 0
 
@@ -82,3 +91,76 @@ class OpenAIPolicy:
 
     def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
         return self.generate([ep.messages for ep in episodes], temperatures, seeds)
+
+    def play(self, env: Any, episodes: list[Episode], temperatures: list[float], seed_of: Callable[[int, int], int],
+             max_turns: int) -> None:
+        """Play every episode to its end, each in its own thread (up to ``max_in_flight`` at once): episode k's
+        turn t is sent with seed ``seed_of(k, t)`` as soon as its turn t - 1 is answered."""
+
+        def one(k: int) -> None:
+            ep, turn = episodes[k], 0
+            while not ep.done:
+                if turn >= max_turns:
+                    raise RwftError(f"env {env.name}: an episode passed {max_turns} turns "
+                                    "(its stopping rule is broken)")
+                env.step(ep, self.chat(ep.messages, temperatures[k], seed_of(k, turn)))
+                turn += 1
+
+        if not episodes:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_in_flight, len(episodes)))) as pool:
+            for f in [pool.submit(one, k) for k in range(len(episodes))]:
+                f.result()
+
+
+def _post(url: str, body: dict[str, Any], api_key_env: str, timeout: float = 120.0) -> str:
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(api_key_env)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read().decode("utf-8", "replace")
+
+
+def check_server(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 10.0) -> None:
+    """Raise a one-line RwftError unless ``GET {base_url}/models`` answers and lists ``model``."""
+    headers = {}
+    key = os.environ.get(api_key_env)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    url = f"{base_url.rstrip('/')}/models"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            data = json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as e:
+        raise RwftError(f"--generator-url {base_url}: {url} answered HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        raise RwftError(f"--generator-url {base_url}: unreachable ({getattr(e, 'reason', e)})") from None
+    except ValueError:
+        raise RwftError(f"--generator-url {base_url}: {url} is not an OpenAI-compatible model list") from None
+    names = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+    if model not in names:
+        raise RwftError(f"--generator-url {base_url}: serves {names}, not --served-model {model!r}")
+
+
+def load_lora_adapter(base_url: str, name: str, path: str, api_key_env: str = "OPENAI_API_KEY") -> None:
+    """Ask the server to load the PEFT adapter saved in ``path`` under ``name`` (vLLM: ``POST /v1/load_lora_adapter``,
+    served with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``)."""
+    try:
+        _post(f"{base_url.rstrip('/')}/load_lora_adapter", {"lora_name": name, "lora_path": path}, api_key_env)
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", "replace")[:300] if e.fp else ""
+        raise RwftError(f"--generator-url {base_url}: loading adapter {name} from {path} failed: HTTP {e.code} "
+                        f"{' '.join(detail.split())}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        raise RwftError(f"--generator-url {base_url}: unreachable while loading adapter {name} "
+                        f"({getattr(e, 'reason', e)})") from None
+
+
+def unload_lora_adapter(base_url: str, name: str, api_key_env: str = "OPENAI_API_KEY") -> None:
+    """Drop an adapter the server no longer needs (``POST /v1/unload_lora_adapter``); failures are ignored."""
+    try:
+        _post(f"{base_url.rstrip('/')}/unload_lora_adapter", {"lora_name": name}, api_key_env)
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError):
+        pass

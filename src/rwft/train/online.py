@@ -5,6 +5,9 @@
 - The generator is an ``HFPolicy`` (eval mode, rwft's batched generation with its KV cache) whose weights
   are ``load_state_dict``-ed from the trainer at each sync; between syncs it is stale by up to S steps.
 - The reference (eval mode, no gradients) is pi_0 for good, or follows the generator (``sync_reference``).
+- With ``lora`` the trainer trains a PEFT adapter and the generator and reference wear one too (equal to the
+  trainer's at the start), so a sync is the same ``load_state_dict``; a served generator (``rwft iterate
+  --generator-url``) gets the adapter saved and hot-loaded instead, and the in-process copy only measures.
 
 Objectives (the math is ``objectives.online`` and ``objectives.losses``):
 
@@ -49,6 +52,10 @@ class LearnerSettings:
     max_length: int = 512
     max_new_tokens: int = 48
     trust_remote_code: bool = False
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    seed: int = 0
 
 
 class Learner:
@@ -61,13 +68,22 @@ class Learner:
         if s.objective not in OBJECTIVES:
             raise RwftError(f"--objective {s.objective!r}: expected one of {', '.join(OBJECTIVES)}")
         self.s = s
+        torch.manual_seed(s.seed)
         self.tok = load_tokenizer(s.model, s.trust_remote_code)
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.generator = HFPolicy(s.model, s.max_new_tokens, device="cpu", trust_remote_code=s.trust_remote_code)
         self.model = load_model(s.model, s.trust_remote_code).train()
         self.reference = load_model(s.model, s.trust_remote_code).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.learning_rate,
+        if s.lora:  # the three copies wear the same adapter, so a sync is one load_state_dict as without LoRA
+            from rwft.train.skeleton import add_lora
+
+            self.model = add_lora(self.model, s).train()
+            self.generator.model = add_lora(self.generator.model, s).eval()
+            self.reference = add_lora(self.reference, s).eval().requires_grad_(False)
+            self.sync(reference=True)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=s.learning_rate,
                                            betas=(s.adam_beta1, s.adam_beta2), eps=s.adam_epsilon,
                                            weight_decay=s.weight_decay)
 
@@ -178,7 +194,8 @@ class Learner:
             out["loss"] = float("nan")
             return out
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         out.update(loss=float(loss.detach()), grad_norm=float(grad_norm))

@@ -1,0 +1,137 @@
+"""The served generator: every episode in flight, episodes advancing on their own, LoRA endpoints, errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rwft.errors import RwftError
+from rwft.rollout.collect import run_episodes
+from rwft.rollout.envs.base import make_env
+from rwft.rollout.http_policy import OpenAIPolicy, check_server, load_lora_adapter
+
+
+class Server:
+    """An OpenAI-compatible stub with vLLM's model list and LoRA endpoints; ``reply(body) -> text``."""
+
+    def __init__(self, reply, models=("pi0",)):
+        self.reply, self.models = reply, list(models)
+        self.posts: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, obj, code=200):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                self._send({"data": [{"id": m} for m in stub.models]})
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with stub.lock:
+                    stub.posts.append((self.path, body))
+                if self.path.endswith("/load_lora_adapter"):
+                    stub.models.append(body["lora_name"])
+                    return self._send({})
+                if self.path.endswith("/unload_lora_adapter"):
+                    return self._send({})
+                text = stub.reply(body)
+                self._send({"choices": [{"message": {"role": "assistant", "content": text}}],
+                            "usage": {"completion_tokens": len(text.split())}})
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def chats(self):
+        return [b for p, b in self.posts if p.endswith("/chat/completions")]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ENV_ARGS = ["source=requests", "difficulty=3", "unambiguous=0"]
+
+
+def test_every_live_episode_is_in_flight_and_advances_on_its_own():
+    """16 episodes: the first turn of all 16 must be in flight together (the server holds each reply until all
+    have arrived; the old lockstep batches of 8 would time out). Then half the episodes ask (a second turn) and
+    half answer: a second turn goes out while slow first-turn replies are still pending."""
+    n = 16
+    barrier = threading.Barrier(n, timeout=10)
+    events = []
+
+    def reply(body):
+        turns = sum(m["role"] == "assistant" for m in body["messages"])
+        seed = body["seed"]
+        if turns == 0:
+            barrier.wait()  # raises (and the request fails) unless all n first turns are in flight together
+            if seed % 2:
+                time.sleep(0.5)  # slow replies: the fast episodes' second turns must not wait for them
+            events.append(("first", seed % 2))
+            return "Which one do you mean?" if seed % 2 == 0 else "Done: cat."
+        events.append(("second", 0))
+        return "Done."
+
+    server = Server(reply)
+    try:
+        env = make_env("clarify", ENV_ARGS)
+        tasks = env.tasks(n, 0)
+        policy = OpenAIPolicy(server.url, "pi0", retries=0)
+        episodes = run_episodes(env, policy, tasks, [0] * n, [1.0] * n, 0)
+    finally:
+        server.close()
+    assert all(ep.done for ep in episodes)
+    asked = [ep for ep in episodes if ep.agent_turns == 2]
+    assert asked and all(ep.messages[-1]["content"] == "Done." for ep in asked)
+    first_slow = events.index(("first", 1))
+    assert ("second", 0) in events[:first_slow]  # a fast episode moved on before any slow reply came back
+
+
+def test_the_same_seeds_as_the_lockstep_collector():
+    server = Server(lambda body: f"Done: {body['seed']}.")
+    try:
+        env = make_env("clarify", ENV_ARGS)
+        tasks = env.tasks(3, 5)
+        served = run_episodes(env, OpenAIPolicy(server.url, "pi0"), tasks, [0, 1, 2], [1.0] * 3, 5)
+
+        class Lockstep:  # the same policy without play: the collector's lockstep path, one act per turn
+            def __init__(self, policy):
+                self.policy, self.name = policy, policy.name
+
+            def act(self, *args):
+                return self.policy.act(*args)
+
+        stepped = run_episodes(env, Lockstep(OpenAIPolicy(server.url, "pi0")), tasks, [0, 1, 2], [1.0] * 3, 5)
+    finally:
+        server.close()
+    assert [e.messages for e in served] == [e.messages for e in stepped]
+
+
+def test_lora_endpoints_and_server_checks():
+    server = Server(lambda body: "hi")
+    try:
+        check_server(server.url, "pi0")
+        with pytest.raises(RwftError, match="not --served-model 'other'"):
+            check_server(server.url, "other")
+        load_lora_adapter(server.url, "step-2", "/tmp/adapters/step-2")
+        assert server.posts[-1] == ("/v1/load_lora_adapter",
+                                    {"lora_name": "step-2", "lora_path": "/tmp/adapters/step-2"})
+    finally:
+        server.close()
+    with pytest.raises(RwftError, match="unreachable"):
+        check_server(server.url, "pi0", timeout=2)
