@@ -80,7 +80,10 @@ def prepare(config: TrainConfig, tokenizer):
     cache = behaviour_cache(data, behaviour, config.qsft_top_k)
     import datasets
 
-    data = datasets.concatenate_datasets([data, cache], axis=1).with_format("numpy")
+    from rwft.presets import quiet_hf
+
+    with quiet_hf():  # datasets' "Flattening the indices" bar where rows were dropped
+        data = datasets.concatenate_datasets([data, cache], axis=1).with_format("numpy")
     summary = (f"{stats.kept} of {stats.conversations} conversations, {stats.agent_tokens} agent tokens "
                f"({stats.truncated} truncated, {stats.too_long} too long); objective qsft, behaviour {behaviour}")
     return (data, stats, behaviour), summary
