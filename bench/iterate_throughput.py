@@ -8,6 +8,13 @@ one GRPO step on them (GRPO always takes its forward and backward passes, whatev
 loading is not timed. The times come from the run's own step log (``generate_s``, ``train_s``, ``sync_s``).
 Reported: the sync's mean cost relative to the mean S = 1 step (target: under 5%). On a shared machine the
 load average is printed with the figures.
+
+    python bench/iterate_throughput.py --collect-url http://127.0.0.1:8011/v1 --served-model smollm2 \
+        --model smollm2-135m --episodes 64
+
+compares collection alone (the same clarify tasks, ``--episodes`` of them, one generation batch) in-process
+(HFPolicy, batched, KV cache) against the server: every episode in flight (``OpenAIPolicy.play``) and the
+collector's lockstep turns with 8 requests at a time (``act``), as episodes/s and generated tokens/s.
 """
 
 from __future__ import annotations
@@ -36,6 +43,45 @@ def run(sync: str, args: argparse.Namespace, out: Path) -> dict[str, float]:
             "step_s": total / len(rows), "sync_s": sum(syncs) / max(len(syncs), 1)}
 
 
+def collect_compare(args: argparse.Namespace) -> None:
+    import time
+
+    from rwft.rollout.collect import run_episodes
+    from rwft.rollout.envs.base import make_env
+    from rwft.rollout.http_policy import OpenAIPolicy
+    from rwft.rollout.policies import HFPolicy
+
+    env = make_env("clarify", ["source=requests", "difficulty=3", "unambiguous=0"])
+    tasks = env.tasks(args.episodes, 0)
+    samples, temps = [0] * len(tasks), [1.0] * len(tasks)
+
+    class Lockstep:  # the collector's turn-by-turn path: one act per turn, 8 requests at a time
+        def __init__(self, policy):
+            self.policy, self.name = policy, policy.name
+
+        def act(self, *a):
+            return self.policy.act(*a)
+
+    rows = []
+    served = OpenAIPolicy(args.collect_url, args.served_model, max_new_tokens=args.max_new_tokens)
+    local = HFPolicy(args.model, args.max_new_tokens, device="cpu")
+    for label, policy, counter in (("in-process HFPolicy (one batch)", local, local),
+                                   ("server, every episode in flight", served, served),
+                                   ("server, lockstep turns, 8 at a time", Lockstep(served), served)):
+        before = counter.generated_tokens
+        t0 = time.perf_counter()
+        episodes = run_episodes(env, policy, tasks, samples, temps, 0)
+        dt = time.perf_counter() - t0
+        turns = sum(ep.agent_turns for ep in episodes)
+        rows.append((label, len(episodes) / dt, (counter.generated_tokens - before) / dt, turns, dt))
+    print(f"collection of {args.episodes} clarify episodes, {args.model} / {args.served_model}, "
+          f"max {args.max_new_tokens} new tokens, load average {os.getloadavg()[0]:.1f}")
+    print("| generator | episodes/s | generated tokens/s | agent turns | seconds |")
+    print("|---|---|---|---|---|")
+    for label, eps, tps, turns, dt in rows:
+        print(f"| {label} | {eps:.2f} | {tps:.0f} | {turns} | {dt:.1f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny")
@@ -44,7 +90,13 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--collect-url", default="", help="compare collection through this server with in-process")
+    p.add_argument("--served-model", default="smollm2")
+    p.add_argument("--episodes", type=int, default=64)
     args = p.parse_args()
+    if args.collect_url:
+        collect_compare(args)
+        return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for sync in ("1", "8"):
