@@ -2,6 +2,7 @@
 import pytest
 
 from conftest import scripted_mean_reward
+from rwft.errors import RwftError
 from rwft.rollout.envs import make_env
 from rwft.rollout.envs.twenty_questions import ATTRIBUTES, OBJECTS, UNCLEAR, WIN, parse_turn
 
@@ -121,3 +122,28 @@ def test_prefix_scores_of_a_hand_built_game():
     assert short.prefix_score(ep.messages[:2], {"gold": "dog"}) == -3.0  # never below the loss's -horizon
     assert env.prefix_score(ep.messages[:2], {"gold": "unicorn"}) is None
     assert make_env("mcqa").prefix_score(ep.messages[:2], {"gold": "A"}) is None
+
+
+def test_unit_reward_is_the_turns_reward_mapped_onto_0_1():
+    """reward=unit: 1 - k / horizon for a win at turn k, 0 without a win, no per-message rewards; prefix
+    scores mapped the same way (affine), so redistributed credits keep summing to the reward."""
+    from rwft.rollout.envs.base import Task
+
+    turns = make_env("twenty-questions", ["horizon=10"])
+    unit = make_env("twenty-questions", ["horizon=10", "reward=unit"])
+    for text_of_last in ("Is it a dog?", "Is it a cat?"):
+        eps = [e.start(Task("t", {"object": "dog"})) for e in (turns, unit)]
+        for env, ep in zip((turns, unit), eps, strict=True):
+            for text in ("Is it alive?", "Is it a mammal?", text_of_last):
+                env.step(ep, text)
+        a, b = turns.outcome(eps[0]), unit.outcome(eps[1])
+        assert b["reward"] == pytest.approx(1 + a["reward"] / 10) and "message_rewards" not in b
+        assert 0 <= b["reward"] <= 1
+        for t in range(1, 4):
+            prefix = eps[1].messages[: 2 * t]
+            assert unit.prefix_score(prefix, b) == pytest.approx(1 + turns.prefix_score(prefix, a) / 10)
+    while not eps[1].done:
+        unit.step(eps[1], "Is it a cat?")
+    assert unit.outcome(eps[1])["reward"] == 0.0  # no win
+    with pytest.raises(RwftError, match="reward=points"):
+        make_env("twenty-questions", ["reward=points"])

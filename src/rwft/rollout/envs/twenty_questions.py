@@ -9,7 +9,10 @@ The oracle holds a hidden object from an attribute table. Each agent turn is one
   -> the fixed reply ``UNCLEAR``; it still costs the turn.
 
 Reward -1 per agent turn (also written on each agent message as a per-turn reward), horizon 20: a win
-at turn k scores -k, no win scores -20. ``prefix_score`` rates a game in progress by the candidates left
+at turn k scores -k, no win scores -20. ``reward=unit`` rescales it to [0, 1] for the objectives that need
+rewards there (Refit, Q-SFT): 1 + (the turns reward) / horizon = 1 - k / horizon for a win at turn k, 0
+without a win, with no per-message rewards (an affine map, so Swift's and filtered BC's weights are
+unchanged, and ``prefix_score`` maps the same way). ``prefix_score`` rates a game in progress by the candidates left
 (for ``rwft label --per-turn``; see there).
 
 The scripted agent tracks the candidates consistent with the replies. A good turn (probability
@@ -151,10 +154,19 @@ class TwentyQuestionsEnv(Environment):
     class Options:
         horizon: int = 20
         """agent turns before the game is lost"""
+        reward: str = "turns"
+        """turns: -1 per agent turn (a win at turn k scores -k, no win -horizon); unit: 1 - k / horizon for a
+        win at turn k, 0 without one (the same map onto [0, 1], with no per-message rewards)"""
 
         def check(self) -> None:
             if self.horizon < 1:
                 raise RwftError(f"--env-args horizon={self.horizon}: expected >= 1")
+            if self.reward not in ("turns", "unit"):
+                raise RwftError(f"--env-args reward={self.reward}: expected turns or unit")
+
+    def scaled(self, turns_reward: float) -> float:
+        """A reward on the turns scale (-turns) mapped to the configured one."""
+        return 1.0 + turns_reward / self.options.horizon if self.options.reward == "unit" else turns_reward
 
     def tasks(self, n: int, seed: int) -> list[Task]:
         names = sorted(OBJECTS)
@@ -189,9 +201,10 @@ class TwentyQuestionsEnv(Environment):
         ep.messages.append({"role": "user", "content": reply})
 
     def outcome(self, ep: Episode) -> dict[str, Any]:
+        unit = self.options.reward == "unit"
         return {
-            "reward": -float(ep.agent_turns),
-            "message_rewards": [-1.0] * ep.agent_turns,
+            "reward": self.scaled(-float(ep.agent_turns)),
+            **({} if unit else {"message_rewards": [-1.0] * ep.agent_turns}),
             "won": bool(ep.state.get("won")),
             "correct": bool(ep.state.get("won")),
             "gold": ep.task.data["object"],
@@ -208,15 +221,16 @@ class TwentyQuestionsEnv(Environment):
         Singling out one of n objects takes log2(n) yes/no answers, then one guess; so the final reward
         -turns is matched exactly at a win, and the redistributed credit of a turn is -1 plus the bits it
         gained: 0 for a question that halves the candidates (or a last right guess), -1 for a turn that
-        eliminates nothing, more than 0 for a lucky early guess."""
+        eliminates nothing, more than 0 for a lucky early guess. With ``reward=unit`` the score is mapped as
+        the reward is (``scaled``)."""
         gold = metadata.get("gold")
         if gold not in OBJECTS:
             return None
         turns = sum(m["role"] == "assistant" for m in messages)
         n = len(remaining_candidates(messages, gold))
         if n == 0:
-            return -float(turns)
-        return max(-float(self.options.horizon), -(turns + math.log2(n) + 1.0))
+            return self.scaled(-float(turns))
+        return self.scaled(max(-float(self.options.horizon), -(turns + math.log2(n) + 1.0)))
 
     def scripted_action(self, ep: Episode, rng: random.Random, skill: float) -> str:
         s = ep.state.setdefault("_scripted", {"cands": sorted(OBJECTS), "asked": []})
