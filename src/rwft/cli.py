@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "collect": ("rwft.rollout.collect", "CollectConfig", "run_collect", "run a policy in an environment, log episodes"),
     "label": ("rwft.rollout.label", "LabelConfig", "run_label", "add or replace rewards on logs with a judge"),
     "bootstrap": ("rwft.recipes.bootstrap", "BootstrapConfig", "run_bootstrap", "make pi_0 by SFT on scripted play"),
-    "iterate": ("rwft.recipes.iterate", "IterateConfig", "run_iterate", "collect and train in a loop, syncing every S steps"),
+    "iterate": ("rwft.recipes.iterate", "IterateConfig", "run_iterate", "collect and train, syncing every S steps"),
 }
 
 
@@ -67,9 +67,8 @@ class _Parser:
         parser = Parser(config_cls, prog=prog, description=description)
         docs = field_docs(config_cls)
         for action in parser._actions:
-            if action.dest in docs:
-                default = "" if action.default in (None, dataclasses.MISSING) else f" (default: {action.default})"
-                action.help = (docs[action.dest] + default).replace("%", "%%")  # argparse %-formats help
+            if action.dest in docs:  # HfArgumentParser's formatter adds the "(default: ...)"
+                action.help = docs[action.dest].replace("%", "%%")  # argparse %-formats help
         for action in parser._actions:
             action.required = False  # checked after merging --config and the positional DATA (parse_config)
         if "data" in docs:  # `rwft validate logs.jsonl`: the data path may come first, without --data
