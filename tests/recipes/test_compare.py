@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,37 @@ def test_judged_quality_columns_once_per_cell_and_added_to_finished_cells(fake_s
     assert result["metrics"]["judge_confidence_calibration"] == pytest.approx(0.4)
     compare.run_compare(compare.CompareConfig(**kw, quality_judge="tiny", quality_episodes=3))
     assert len(judged) == 6  # judged once per cell (quality.jsonl)
+
+
+def test_per_turn_trains_on_redistributed_credit_and_qsft_on_the_sft_cell(monkeypatch, tmp_path):
+    """per-turn trains on OUTPUT/logs-per-turn.jsonl (labelled once by the environment's prefix scores, turn
+    rewards summing to each reward); qsft on the plain logs, with the same seed's sft model as its behaviour."""
+    from rwft.data.io import load_conversations
+    from rwft.rollout.collect import CollectConfig, run_collect
+    from rwft.train import weighted
+
+    logs = tmp_path / "tq.jsonl"
+    run_collect(CollectConfig(env="twenty-questions", out=str(logs), policy="scripted:mixed", contexts=4,
+                              samples_per_context=2, env_args=["horizon=8", "reward=unit"], progress=False,
+                              quiet=True))
+    trained = []
+
+    def fake_train(config, callbacks=None):
+        trained.append(config)
+        Path(config.output_dir).mkdir(parents=True)
+        (Path(config.output_dir) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(weighted, "train", fake_train)
+    monkeypatch.setattr(compare, "eval_cell", lambda *a: {"metrics": {"reward": {"mean": 0.5, "half": 0, "n": 1}}})
+    cfg = compare.CompareConfig(output=str(tmp_path / "cmp"), env="twenty-questions", data=str(logs), seeds=[0],
+                                env_args=["horizon=8", "reward=unit"], methods=["sft", "per-turn", "qsft"],
+                                perplexity=False, qsft_beta=2.5)
+    compare.run_compare(cfg)
+    by = {c.objective: c for c in trained}
+    per_turn = tmp_path / "cmp" / "logs-per-turn.jsonl"
+    assert by["per-turn"].data == str(per_turn) and by["sft"].data == by["qsft"].data == str(logs)
+    assert by["qsft"].behaviour_model == str(tmp_path / "cmp" / "cells" / "sft-s0" / "model")
+    assert by["qsft"].qsft_beta == 2.5
+    for c in load_conversations(per_turn):
+        credits = [m["reward"] for m in c.messages if m["role"] == "assistant"]
+        assert sum(credits) == pytest.approx(c.reward) and len(credits) == len(c.agent_turns())

@@ -19,7 +19,9 @@ The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips wha
    reward.png, training.png, report.html (see ``rwft.eval.report``).
 
 Methods (``METHODS``, one entry each): base, sft, star-gate (filtered, top-1 per context), star-gate-d
-(star-gate plus distillation toward pi_0), refit, swift, dpo (final answer), stepdpo.
+(star-gate plus distillation toward pi_0), refit, swift, dpo (final answer), stepdpo, per-turn (reward-to-go of
+turn rewards by redistribution, labelled once into ``logs-per-turn.jsonl`` by ``--per-turn-judge``) and qsft
+(Q-SFT, its behaviour policy the same seed's sft cell when there is one; played by policy extraction).
 The weighted objectives train on random batches by default (``group_by_length``); DPO / StepDPO may get
 their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
 other method) says whether its reward interval lies above ("beats"), below, or overlaps the other's.
@@ -37,7 +39,6 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from typing import Any
 from rwft.errors import RwftError
 
 # One row per method: how it trains from pi_0. "objective": rwft train's --objective; "dpo": rwft dpo's --level;
+# "data": "per-turn" trains on the logs with turn rewards by redistribution (OUTPUT/logs-per-turn.jsonl);
 # {}: untrained (pi_0 itself). A new method is one line here.
 METHODS: dict[str, dict[str, str]] = {
     "base": {},
@@ -55,6 +57,8 @@ METHODS: dict[str, dict[str, str]] = {
     "stepdpo": {"dpo": "step"},
     "refit": {"objective": "refit"},
     "swift": {"objective": "swift"},
+    "per-turn": {"objective": "per-turn", "data": "per-turn"},
+    "qsft": {"objective": "qsft"},
 }
 
 
@@ -72,8 +76,8 @@ class CompareConfig:
     """The base model: a preset, a directory or a hub id (pi_0 itself unless --bootstrap-contexts > 0)."""
     data: str = ""
     """Logged conversations to train on; empty: collect them from pi_0 into OUTPUT/logs.jsonl."""
-    methods: list[str] = field(default_factory=lambda: [m for m in METHODS if m != "star-gate-d"])
-    """Methods to compare: base, sft, star-gate, star-gate-d, dpo, stepdpo, refit, swift."""
+    methods: list[str] = field(default_factory=lambda: ["base", "sft", "star-gate", "dpo", "stepdpo", "refit", "swift"])
+    """Methods to compare: base, sft, star-gate, star-gate-d, dpo, stepdpo, refit, swift, per-turn, qsft."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds: each method is trained and evaluated once per seed."""
     bootstrap_contexts: int = 0
@@ -109,6 +113,13 @@ class CompareConfig:
     Swift batch can hold only negative weights, a pure push-down step; random batches mix them."""
     beta: float = 0.1
     """DPO / StepDPO beta."""
+    gamma: float = 1.0
+    """per-turn and qsft: discount per agent turn."""
+    per_turn_judge: str = "env"
+    """per-turn: the judge that scores each prefix of a logged conversation (rwft label --per-turn --judge)."""
+    qsft_beta: float = 4.0
+    """qsft: the acting beta of pi_phi * exp(beta * p_theta) at evaluation. Its behaviour policy pi_phi is the
+    sft cell of the same seed when sft is among the methods (the same SFT on the same data), else trained."""
     lora: bool = False
     """Train every method as a LoRA adapter (all linear layers; saved merged, so evaluation loads a plain model)."""
     lora_r: int = 8
@@ -148,38 +159,6 @@ class CompareConfig:
             raise RwftError(f"--quality-episodes {self.quality_episodes}: expected a positive integer")
 
 
-@contextmanager
-def measure():
-    """Yield a dict that gets ``train_time_s`` and ``peak_memory_mb`` of the block."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) on Linux
-        except OSError:
-            pass
-    box: dict[str, float] = {}
-    t0 = time.perf_counter()
-    yield box
-    box["train_time_s"] = time.perf_counter() - t0
-    box["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def make_pi0(config: CompareConfig, out: Path) -> str:
     """pi_0's directory, made once by ``rwft bootstrap`` (resumable), or --model itself."""
     if config.bootstrap_contexts <= 0:
@@ -216,8 +195,24 @@ def collect_logs(config: CompareConfig, pi0: str, out: Path) -> str:
     return str(path)
 
 
-def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0: str, out: str):
-    """The config of ``rwft train`` (or ``rwft dpo``) that trains one method from pi_0, silently."""
+def label_per_turn(config: CompareConfig, data: str, out: Path) -> str:
+    """``OUTPUT/logs-per-turn.jsonl``: the logs with turn rewards by redistribution (``rwft label --per-turn``,
+    resumable), made once when a method trains on them."""
+    from rwft.data.io import count_complete_lines
+    from rwft.rollout.label import LabelConfig, run_label
+
+    path = out / "logs-per-turn.jsonl"
+    t0 = time.time()
+    run_label(LabelConfig(data=data, out=str(path), judge=config.per_turn_judge, per_turn=True, progress=False))
+    print(f"per-turn credit: {count_complete_lines(path)} conversations by redistribution "
+          f"(judge {config.per_turn_judge}) in {path} ({time.time() - t0:.0f} s)", flush=True)
+    return str(path)
+
+
+def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0: str, out: str,
+                   behaviour: str | None = None):
+    """The config of ``rwft train`` (or ``rwft dpo``) that trains one method from pi_0, silently
+    (``behaviour``: Q-SFT's behaviour policy, when one is trained already)."""
     common = dict(data=data, model=pi0, output_dir=out, num_train_epochs=config.epochs,
                   learning_rate=config.learning_rate, per_device_train_batch_size=config.batch_size,
                   max_length=config.max_length, seed=seed, report_to="none", save_steps=10**6, disable_tqdm=True,
@@ -230,7 +225,11 @@ def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0
         return DpoConfig(level=spec["dpo"], beta=config.beta, **common)
     from rwft.train.weighted import TrainConfig
 
-    return TrainConfig(objective=spec["objective"], group_by_length=config.group_by_length, **common)
+    extra = {}
+    if spec["objective"] == "qsft":
+        extra = dict(qsft_beta=config.qsft_beta, behaviour_model=behaviour)
+    return TrainConfig(objective=spec["objective"], group_by_length=config.group_by_length, gamma=config.gamma,
+                       **extra, **common)
 
 
 def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str, cell: Path) -> str:
@@ -240,7 +239,10 @@ def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: st
     from rwft.train.dpo import run_dpo
     from rwft.train.weighted import train
 
-    trainer = trainer_config(config, method, seed, data, pi0, str(cell / "model"))
+    sft = cell.parent / f"sft-s{seed}"
+    behaviour = str(sft / "model") if (sft / "result.json").exists() and (sft / "model" / "config.json").exists() \
+        else None
+    trainer = trainer_config(config, method, seed, data, pi0, str(cell / "model"), behaviour)
     (run_dpo if "dpo" in METHODS[method] else train)(trainer)
     return str(cell / "model")
 
@@ -253,6 +255,7 @@ def eval_cell(config: CompareConfig, policy: str, seed: int, pi0: str, cell: Pat
         seeds=[config.eval_seed + seed], env_args=[*config.env_args, *config.eval_env_args],
         temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
         ppl_model=pi0 if config.perplexity else "", progress=config.progress, quiet=not config.progress,
+        qsft_beta=config.qsft_beta,
     ))
 
 
@@ -266,6 +269,8 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
         return json.loads(done.read_text())
     shutil.rmtree(cell / "model", ignore_errors=True)  # an interrupted training restarts clean
     cell.mkdir(parents=True, exist_ok=True)
+    from rwft.recipes.cost import measure
+
     try:
         with measure() as cost:
             policy = train_cell(config, method, seed, data, pi0, cell)
@@ -377,11 +382,14 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     pi0 = make_pi0(config, out)
     data = collect_logs(config, pi0, out)
+    datasets = {"": data}
+    if any(METHODS[m].get("data") == "per-turn" for m in config.methods):
+        datasets["per-turn"] = label_per_turn(config, data, out)
     results, judged, judge = [], [], {}
     for seed in config.seeds:
         for method in config.methods:
             resumed = (out / "cells" / f"{method}-s{seed}" / "result.json").exists()
-            results.append(run_cell(config, method, seed, data, pi0, out))
+            results.append(run_cell(config, method, seed, datasets[METHODS[method].get("data", "")], pi0, out))
             if config.quality_judge:
                 judged += add_quality(config, results[-1], out, judge)
             print(cell_line(results[-1], resumed), flush=True)
