@@ -18,7 +18,11 @@ Objectives (the math is ``objectives.online`` and ``objectives.losses``):
   same normalizer as ``rwft train`` (agent tokens of the conversations with a non-zero weight).
 
 Each step also measures, on all the step's samples before the update: the generator's mean next-token
-entropy, the trainer's k3 KL to the reference, and the response length (agent tokens per episode).
+entropy, the trainer's k3 KL to the reference, and the response length (agent tokens per episode). The k3
+estimate is KL(trainer || reference) only on the trainer's own samples, i.e. when the generator is the trainer
+(S = 1, or the step after a sync); on a stale generator's samples it is off-policy and grows without bound
+where the trainer has pushed the sampled tokens down (offline DPO: thousands). It is 0 when the reference is
+synced at S = 1 (the three copies are equal before each update).
 """
 
 from __future__ import annotations
