@@ -66,3 +66,12 @@ def test_kl_and_entropy():
     logits[0, 1, 0] = 100.0  # position 1 is certain
     assert float(masked_entropy(logits, torch.tensor([[1, 0]]))) == pytest.approx(math.log(8))
     assert float(masked_entropy(logits, torch.tensor([[0, 1]]))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_scaled_grpo_advantages_are_swift_weights():
+    from rwft.objectives.weights import swift_weights
+
+    rng = random.Random(0)
+    rewards = [rng.choice([0.0, 0.5, 0.9, 1.0]) for _ in range(60)]
+    groups = [f"g{i // 4}" for i in range(60)]
+    assert grpo_advantages(rewards, groups, scale=True) == pytest.approx(swift_weights(rewards, groups))
