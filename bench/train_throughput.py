@@ -1,6 +1,6 @@
-"""Time per optimizer step of rwft Refit, rwft SFT and TRL's SFTTrainer, same model, data and batch shape.
+"""Time per optimizer step of rwft Refit, rwft SFT, rwft Q-SFT and TRL's SFTTrainer, same model, data and batch shape.
 
-    python bench/train_throughput.py [--model tiny|smollm2-135m] [--steps 30] [--batch-size 8]
+    python bench/train_throughput.py [--model tiny|smollm2-135m] [--steps 30] [--batch-size 8] [--only sft qsft]
 
 All three train on the packaged sample conversations, every reward floored at 0.05 so that Refit keeps
 every conversation and sees the same batches as SFT (the same token sequences and agent masks; TRL
@@ -12,13 +12,20 @@ transformers' length grouping (``train_sampling_strategy="group_by_length"``) an
 (``padding_free=True``: a batch is one flat sequence, separated by position ids). The first 5 steps are
 warm-up and are not timed; the figure is the median seconds per step. Also reported: the share of
 padding in each trainer's batches.
-Targets (issue 2): Refit / SFT <= 1.02, Refit / TRL <= 1.0, rwft padding < 10%.\n
+Targets (issue 2): Refit / SFT <= 1.02, Refit / TRL <= 1.0, rwft padding < 10%.
+
+Q-SFT (issue 9) trains on the same batches as SFT (every conversation, the same sampler), with the
+pretrained model itself as its behaviour policy (``--behaviour-model``), so the figure is the step alone:
+the Q model's forward and backward, one no-grad target forward, the Bellman targets from the cached
+behaviour figures and the Polyak update. The one-off cost of those figures (pi_phi's forward over the data,
+cached with it) is timed apart as ``qsft_behaviour_cache_s``. Target: Q-SFT / SFT <= 2.0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -62,11 +69,24 @@ def run_rwft(objective: str, model: str, steps: int, batch: int, out: Path) -> t
     from rwft.train import weighted as training
 
     timer = StepTimer()
+    extra = {"behaviour_model": model} if objective == "qsft" else {}
     cfg = training.TrainConfig(data=str(DATA), output_dir=str(out / objective), model=model, objective=objective,
                                max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-5,
-                               report_to="none", save_steps=10_000, disable_tqdm=True)
+                               report_to="none", save_steps=10_000, disable_tqdm=True, **extra)
     training.train(cfg, callbacks=[timer])
     return statistics.median(timer.times[WARMUP:]), rwft_padding(model, batch)
+
+
+def qsft_cache_seconds(model: str, out: Path, k: int = 16) -> float:
+    """Seconds to compute the behaviour figures Q-SFT caches (pi_phi = the model), written to a scratch file."""
+    from rwft.data.dataset import prepare_training_data
+    from rwft.presets import load_tokenizer, resolve_model
+    from rwft.train.qsft import _write_cache
+
+    rows, _ = prepare_training_data(str(DATA), load_tokenizer(model), objective="sft", max_length=1024)
+    t = time.perf_counter()
+    _write_cache(out / "qsft-cache.arrow", rows, Path(resolve_model(model)), k)
+    return time.perf_counter() - t
 
 
 def refit_rows(model: str):
@@ -125,23 +145,36 @@ def main() -> None:
     p.add_argument("--model", default="tiny")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--only", nargs="+", choices=["refit", "sft", "qsft", "trl"],
+                   default=["refit", "sft", "qsft", "trl"], help="trainers to time (default: all)")
     a = p.parse_args()
     torch.manual_seed(0)
     records = [json.loads(line) for line in SAMPLE.open()]
     DATA.write_text("".join(json.dumps({**r, "reward": max(r["reward"], 0.05)}) + "\n" for r in records))
+    times: dict[str, float] = {}
+    result: dict = {"model": a.model, "batch_size": a.batch_size, "steps": a.steps, "threads": torch.get_num_threads(),
+                    "load_average": os.getloadavg(), "s_per_step": times}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        refit, pad = run_rwft("refit", a.model, a.steps, a.batch_size, out)
-        sft, _ = run_rwft("sft", a.model, a.steps, a.batch_size, out)
-        trl = {name: run_trl(a.model, a.steps, a.batch_size, out, **s) for name, s in TRL_SETTINGS.items()}
-    best = min(s for s, _ in trl.values())
-    result = {
-        "model": a.model, "batch_size": a.batch_size, "steps": a.steps, "threads": torch.get_num_threads(),
-        "s_per_step": {"rwft_refit": refit, "rwft_sft": sft, **{k: s for k, (s, _) in trl.items()}},
-        "refit_over_sft": refit / sft, "refit_over_trl_default": refit / trl["trl_default_order"][0],
-        "refit_over_trl_best": refit / best,
-        "padding_share": {"rwft": pad, **{k: p for k, (_, p) in trl.items()}},
-    }
+        if "refit" in a.only:
+            times["rwft_refit"], pad = run_rwft("refit", a.model, a.steps, a.batch_size, out)
+            result["padding_share"] = {"rwft": pad}
+        for objective in ("sft", "qsft"):
+            if objective in a.only:
+                times[f"rwft_{objective}"], _ = run_rwft(objective, a.model, a.steps, a.batch_size, out)
+        if "qsft" in a.only:
+            result["qsft_behaviour_cache_s"] = qsft_cache_seconds(a.model, out)
+        trl = {name: run_trl(a.model, a.steps, a.batch_size, out, **s) for name, s in TRL_SETTINGS.items()} \
+            if "trl" in a.only else {}
+    times.update({k: s for k, (s, _) in trl.items()})
+    if "rwft_refit" in times and "rwft_sft" in times:
+        result["refit_over_sft"] = times["rwft_refit"] / times["rwft_sft"]
+    if "rwft_qsft" in times and "rwft_sft" in times:
+        result["qsft_over_sft"] = times["rwft_qsft"] / times["rwft_sft"]
+    if trl and "rwft_refit" in times:
+        result["refit_over_trl_default"] = times["rwft_refit"] / trl["trl_default_order"][0]
+        result["refit_over_trl_best"] = times["rwft_refit"] / min(s for s, _ in trl.values())
+        result["padding_share"].update({k: p for k, (_, p) in trl.items()})
     print(json.dumps(result, indent=2))
 
 
