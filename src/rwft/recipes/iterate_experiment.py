@@ -141,6 +141,8 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
             ax.plot(range(1, n + 1), [sum(x[i][key] for x in logs) / len(logs) for i in range(n)], label=m)
         ax.set_title(title)
         ax.set_xlabel("step")
+        if key == "kl":  # off-policy k3 on stale samples reaches thousands: a log scale keeps the rest visible
+            ax.set_yscale("symlog", linthresh=1.0)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
