@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from rwft.cli import main
+from rwft.errors import RwftError
 from rwft.presets import resolve_model as load_model_dir
 from rwft.rollout.envs.base import Environment, Episode, Task, register
 
@@ -150,3 +151,35 @@ def test_unreachable_server_and_full_weight_sync_are_refused_before_writing(tmp_
     assert main([*args, "--lora", "true"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unreachable" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_experiment_runs_each_cell_once_and_writes_the_table(tmp_path, monkeypatch):
+    import rwft.eval.evaluate
+    import rwft.recipes.iterate
+    from rwft.recipes.iterate_experiment import IterateExperimentConfig, run_experiment
+
+    seen = []
+
+    def fake_iterate(cfg):
+        seen.append((cfg.objective, cfg.sync_every, cfg.sync_reference, cfg.seed))
+        run = Path(cfg.output)
+        run.mkdir(parents=True)
+        run.joinpath("steps.jsonl").write_text("".join(json.dumps(
+            {"step": s, "loss": 0.5, "reward": 0.1 * s, "entropy": 1.0 / s, "response_tokens": 10 + s,
+             "kl": 0.0}) + "\n" for s in range(1, 5)))
+
+    monkeypatch.setattr(rwft.recipes.iterate, "run_iterate", fake_iterate)
+    monkeypatch.setattr(rwft.eval.evaluate, "run_eval", lambda cfg: {"metrics": {"reward": cfg.seeds[0] / 1000}})
+    cfg = IterateExperimentConfig(output=str(tmp_path), policy="pi0", methods=["off:dpo:never", "on:grpo:1:ref"],
+                                  seeds=[0, 1])
+    table = run_experiment(cfg)
+    assert seen == [("dpo", "never", False, 0), ("grpo", "1", True, 0), ("dpo", "never", False, 1),
+                    ("grpo", "1", True, 1)]
+    assert "| off | 2 | 1.000 ± " in table and "entropy_end" in table
+    result = json.loads((tmp_path / "cells" / "on-s1" / "result.json").read_text())
+    assert result["metrics"]["tokens_end"] == 14 and result["metrics"]["entropy_end"] == 0.25  # last quarter
+    assert (tmp_path / "report" / "curves.png").exists()
+    run_experiment(cfg)
+    assert len(seen) == 4  # finished cells are not rerun
+    with pytest.raises(RwftError, match="NAME:OBJECTIVE:S"):
+        IterateExperimentConfig(output=str(tmp_path), methods=["bad"]).cells()
