@@ -1,6 +1,6 @@
 """The semi-online experiment: ``rwft iterate`` cells (objective x sync interval x seed) from one pi_0, evaluated.
 
-    python -m rwft.recipes.iterate_experiment examples/iterate-demo.yaml
+    rwft sweep --config examples/iterate-demo.yaml
 
 Every cell trains from the same pi_0 with the same number of optimizer steps and generated episodes
 (``steps x prompts_per_step x group_size``), then ``rwft eval`` plays ``eval_episodes`` fresh tasks of
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from rwft.errors import RwftError
 
 @dataclass
 class IterateExperimentConfig:
+    """Options of ``rwft sweep``."""
+
     output: str
     """Directory of the experiment."""
     env: str = "clarify"
@@ -177,22 +178,3 @@ def run_experiment(config: IterateExperimentConfig) -> str:
     print(table, end="", flush=True)
     return table
 
-
-def main(argv: list[str] | None = None) -> int:
-    import yaml
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m rwft.recipes.iterate_experiment CONFIG.yaml", file=sys.stderr)
-        return 2
-    try:
-        data = yaml.safe_load(Path(argv[0]).read_text())
-        run_experiment(IterateExperimentConfig(**data))
-    except (RwftError, TypeError) as e:
-        print(f"iterate_experiment: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
