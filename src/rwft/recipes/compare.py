@@ -86,6 +86,8 @@ class CompareConfig:
     """Epochs of that SFT."""
     bootstrap_learning_rate: float = 2e-3
     """Learning rate of that SFT (high: the tiny preset starts from random weights)."""
+    bootstrap_batch_size: int = 0
+    """Batch size of that SFT (0: --batch-size)."""
     bootstrap_eval_contexts: int = 32
     """Held-out contexts on which pi_0's mean and best-of-m reward are measured (m = --samples-per-context)."""
     contexts: int = 40
@@ -170,7 +172,8 @@ def make_pi0(config: CompareConfig, out: Path) -> str:
         t0 = time.time()
         run_bootstrap(BootstrapConfig(env=config.env, output=str(out / "pi0"), env_args=list(config.env_args),
                                       contexts=config.bootstrap_contexts, epochs=config.bootstrap_epochs,
-                                      learning_rate=config.bootstrap_learning_rate, batch_size=config.batch_size,
+                                      learning_rate=config.bootstrap_learning_rate,
+                                      batch_size=config.bootstrap_batch_size or config.batch_size,
                                       eval_contexts=config.bootstrap_eval_contexts, best_of=config.samples_per_context,
                                       max_new_tokens=config.max_new_tokens, seed=config.collect_seed + 7,
                                       progress=config.progress, quiet=not config.progress))
