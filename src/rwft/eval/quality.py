@@ -113,3 +113,19 @@ def trust_line(t: dict[str, float], judge: str) -> str:
             f"match (right {f(100 * t['correct_share'], 0)}%): Accuracy-score AUC {f(t['accuracy_auc'])} "
             f"(0.5 = chance), r {f(t['accuracy_r'])}; Overall r {f(t['overall_r'])}; mean Accuracy score "
             f"{f(t['accuracy_right'])} when right vs {f(t['accuracy_wrong'])} when wrong")
+
+
+def episode_intervals(cell: Path) -> dict[str, dict[str, float]]:
+    """Per metric, the 95% interval over the cell's evaluation episodes (eval/metrics.json) and its judged
+    episodes (quality.jsonl): the table's interval when a method has one seed (``eval.report.summarize``)."""
+    from rwft.eval.metrics import mean_ci
+
+    out: dict[str, dict[str, float]] = {}
+    path = cell / "eval" / "metrics.json"
+    if path.exists():
+        out.update({k: v for k, v in json.loads(path.read_text())["metrics"].items() if isinstance(v, dict)})
+    path = cell / "quality.jsonl"
+    if path.exists():
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        out.update({f"judge_{k}": mean_ci([r["scores"][k] for r in rows if r["scores"]]) for k in KEYS})
+    return out

@@ -323,23 +323,6 @@ def add_quality(config: CompareConfig, result: dict[str, Any], out: Path, judge:
     return rows
 
 
-def episode_intervals(cell: Path) -> dict[str, dict[str, float]]:
-    """Per metric, the 95% interval over the cell's evaluation episodes (eval/metrics.json) and its judged
-    episodes (quality.jsonl): the table's interval when a method has one seed (``eval.report.summarize``)."""
-    from rwft.eval.metrics import mean_ci
-    from rwft.rollout.judges import KEYS
-
-    out: dict[str, dict[str, float]] = {}
-    path = cell / "eval" / "metrics.json"
-    if path.exists():
-        out.update({k: v for k, v in json.loads(path.read_text())["metrics"].items() if isinstance(v, dict)})
-    path = cell / "quality.jsonl"
-    if path.exists():
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        out.update({f"judge_{k}": mean_ci([r["scores"][k] for r in rows if r["scores"]]) for k in KEYS})
-    return out
-
-
 def cell_line(result: dict[str, Any], resumed: bool = False) -> str:
     """The one line printed per cell: ``refit seed 1: reward 0.853, trained 5.2 s, eval 3.1 s``."""
     head = f"{result['method']} seed {result['seed']}"
@@ -374,6 +357,7 @@ def check_inputs(config: CompareConfig) -> None:
 
 def run_compare(config: CompareConfig) -> dict[str, Any]:
     """Run (or finish) the comparison; print one line per cell and the table; return the report's files."""
+    from rwft.eval.quality import episode_intervals
     from rwft.eval.report import write_report
 
     check_inputs(config)
