@@ -42,7 +42,7 @@ ASK = (
 AFTER_ASK = "Now reason step by step and give your final answer in the form 'The answer is X'."
 UNCLEAR_OPTION = "I could not tell which single option your question is about, so I cannot answer it."
 
-_ANSWER = re.compile(r"answer\s+is\s*[:\-]?\s*\(?\s*([A-Za-z])\b\)?", re.IGNORECASE)
+_ANSWER = re.compile(r"answer\s+is\s*[:\-]?\s*[(\"'\u201c\u2018]?\s*([A-Za-z])\b\)?", re.IGNORECASE)
 _LONE = re.compile(r"^\(?([A-Za-z])\)?[.!]?$")
 _OPTION_REF = re.compile(r"\b(?:option|choice)\s*\(?([A-Z])\b\)?|\(([A-Z])\)", re.IGNORECASE)
 
