@@ -82,19 +82,9 @@ def prepare(config: TrainConfig, tokenizer):
 
 def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> DistillTrainer:
     from rwft.presets import load_model
-    from rwft.train.collate import WeightedCollator
 
-    data, stats = prepared
     teacher = None
     if not config.lora:
         teacher = load_model(config.model, config.trust_remote_code).eval().requires_grad_(False)
-    return DistillTrainer(
-        model=model,
-        args=config,
-        train_dataset=data,
-        data_collator=WeightedCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        tokens_per_conversation=stats.agent_tokens / stats.kept,
-        callbacks=callbacks,
-        teacher=teacher,
-    )
+    return weighted.make_trainer(config, model, tokenizer, prepared, callbacks, trainer_cls=DistillTrainer,
+                                 teacher=teacher)

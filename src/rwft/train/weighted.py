@@ -171,11 +171,13 @@ def prepare(config: TrainConfig, tokenizer, objective: str | None = None):
     return (data, stats), summary
 
 
-def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> WeightedTrainer:
+def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks, trainer_cls: type | None = None,
+                 **extra) -> WeightedTrainer:
+    """The WeightedTrainer (or a subclass, ``trainer_cls``, with its ``extra`` arguments) on the prepared data."""
     from rwft.train.collate import WeightedCollator
 
     data, stats = prepared
-    return WeightedTrainer(
+    return (trainer_cls or WeightedTrainer)(
         model=model,
         args=config,
         train_dataset=data,
@@ -183,6 +185,7 @@ def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> 
         processing_class=tokenizer,
         tokens_per_conversation=stats.agent_tokens / stats.kept,
         callbacks=callbacks,
+        **extra,
     )
 
 
