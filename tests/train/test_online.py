@@ -38,13 +38,13 @@ def test_sync_copies_trainer_into_generator_and_optionally_reference(objective):
     pi0 = weights(learner.model)
     out = learner.step(records(), random.Random(0), [False] * 9)
     assert out["loss"] == out["loss"] and not same(weights(learner.model), pi0)
-    assert same(weights(learner.generator.model), pi0)  # not synced yet: the generator is still pi_0
+    assert same(weights(learner.generator_model), pi0)  # not synced yet: the generator is still pi_0
     learner.sync(reference=False)
-    assert same(weights(learner.generator.model), weights(learner.model))
+    assert same(weights(learner.generator_model), weights(learner.model))
     assert same(weights(learner.reference), pi0)  # a fixed reference stays pi_0
     learner.step(records(), random.Random(1), [False] * 9)
     learner.sync(reference=True)
-    assert same(weights(learner.generator.model), weights(learner.model))
+    assert same(weights(learner.generator_model), weights(learner.model))
     assert same(weights(learner.reference), weights(learner.model))
 
 

@@ -234,6 +234,7 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
     from rwft.rollout.collect import episode_records, run_episodes
     from rwft.rollout.envs.base import make_env, stable_int
     from rwft.rollout.judges import make_judge
+    from rwft.rollout.policies import HFPolicy
     from rwft.train import skeleton
     from rwft.train.online import Learner, LearnerSettings
 
@@ -258,6 +259,9 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
         kl_coef=config.kl_coef, scale_advantages=config.scale_advantages, max_length=config.max_length,
         max_new_tokens=config.max_new_tokens, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
         seed=config.seed))
+    local = HFPolicy(config.policy, config.max_new_tokens, device="cpu")
+    local.model = learner.generator_model  # synced in place by the learner
+    learner.on_sync.append(local.reset_cache)
     judge = make_judge("env")
     skeleton.write_config(out, resolved)
     say = (lambda *_: None) if config.quiet else print
@@ -274,7 +278,7 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
     served = Served(config, out, learner) if config.generator_url else None
     if served is not None and generator_step > 0:
         served.load(generator_step)  # the server may have restarted since: load the last synced adapter again
-    generator = served.policy if served is not None else learner.generator
+    generator = served.policy if served is not None else local
     _cut_jsonl(steps_log, lambda r: r["step"] <= start)
     _cut_jsonl(episodes_log, lambda r: r["metadata"]["iterate_step"] <= start)
     counts = prompt_split(config.prompts_per_step, config.env_weights or [1.0] * len(envs))

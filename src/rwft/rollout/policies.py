@@ -303,6 +303,10 @@ class HFPolicy:
     def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
         return self.generate([ep.messages for ep in episodes], temperatures, seeds, owners=episodes)
 
+    def reset_cache(self) -> None:
+        """Forget the kept KV cache (after the model's weights change, it must not be continued)."""
+        self._session = None
+
 
 def make_policy(spec: str, env: Environment | None = None, max_new_tokens: int = 64, api_model: str = "",
                 api_key_env: str = "OPENAI_API_KEY", qsft_beta: float = 0.0) -> Any:

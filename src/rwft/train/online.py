@@ -2,7 +2,7 @@
 
 - The trainer (train mode) takes one optimizer step per batch of fresh episodes (AdamW with
   TrainingArguments' defaults, gradient clipping, a constant learning rate).
-- The generator is an ``HFPolicy`` (eval mode, rwft's batched generation with its KV cache) whose weights
+- The generator is a model copy (eval mode; ``rwft iterate`` plays it through an ``HFPolicy``) whose weights
   are ``load_state_dict``-ed from the trainer at each sync; between syncs it is stale by up to S steps.
 - The reference (eval mode, no gradients) is pi_0 for good, or follows the generator (``sync_reference``).
 - With ``lora`` the trainer trains a PEFT adapter and the generator and reference wear one too (equal to the
@@ -28,6 +28,7 @@ synced at S = 1 (the three copies are equal before each update).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,6 @@ class Learner:
 
     def __init__(self, s: LearnerSettings):
         from rwft.presets import load_model, load_tokenizer
-        from rwft.rollout.policies import HFPolicy
 
         if s.objective not in OBJECTIVES:
             raise RwftError(f"--objective {s.objective!r}: expected one of {', '.join(OBJECTIVES)}")
@@ -76,14 +76,15 @@ class Learner:
         self.tok = load_tokenizer(s.model, s.trust_remote_code)
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
-        self.generator = HFPolicy(s.model, s.max_new_tokens, device="cpu", trust_remote_code=s.trust_remote_code)
+        self.generator_model = load_model(s.model, s.trust_remote_code).eval().requires_grad_(False)
+        self.on_sync: list[Callable[[], None]] = []  # called after each sync (the policy playing the generator)
         self.model = load_model(s.model, s.trust_remote_code).train()
         self.reference = load_model(s.model, s.trust_remote_code).eval().requires_grad_(False)
         if s.lora:  # the three copies wear the same adapter, so a sync is one load_state_dict as without LoRA
             from rwft.train.skeleton import add_lora
 
             self.model = add_lora(self.model, s).train()
-            self.generator.model = add_lora(self.generator.model, s).eval()
+            self.generator_model = add_lora(self.generator_model, s).eval()
             self.reference = add_lora(self.reference, s).eval().requires_grad_(False)
             self.sync(reference=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -96,8 +97,9 @@ class Learner:
     def sync(self, reference: bool) -> None:
         """The generator (and, with ``reference``, the reference) takes the trainer's weights."""
         state = self.model.state_dict()
-        self.generator.model.load_state_dict(state)
-        self.generator._session = None  # a KV cache made by the old weights must not be continued
+        self.generator_model.load_state_dict(state)
+        for hook in self.on_sync:  # e.g. a KV cache made by the old weights must not be continued
+            hook()
         if reference:
             self.reference.load_state_dict(state)
 
@@ -156,7 +158,7 @@ class Learner:
         batch = self.collate(records)
         ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         with torch.no_grad():
-            gen_logits = self.generator.model(input_ids=ids, attention_mask=attn).logits
+            gen_logits = self.generator_model(input_ids=ids, attention_mask=attn).logits
             entropy = online.masked_entropy(gen_logits[:, :-1], labels[:, 1:] != -100)
             del gen_logits
             ref_logps, _ = self.token_logps(self.reference(input_ids=ids, attention_mask=attn).logits, labels)
