@@ -89,9 +89,10 @@ class _Encoded:
 
 
 def _encoder_source_hash() -> str:
+    from rwft.data import chat_template as T
     from rwft.data import encode as E
 
-    return hashlib.sha256(Path(E.__file__).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(Path(E.__file__).read_bytes() + Path(T.__file__).read_bytes()).hexdigest()[:16]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
