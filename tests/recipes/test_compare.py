@@ -113,6 +113,7 @@ def test_inner_stages_run_quietly(monkeypatch, tmp_path):
     import rwft.eval.evaluate
     import rwft.recipes.bootstrap
     import rwft.rollout.collect
+    from rwft.recipes.logs import collect_logs, make_pi0
 
     seen = {}
     monkeypatch.setattr(rwft.rollout.collect, "run_collect", lambda c: seen.setdefault("collect", c))
@@ -121,8 +122,8 @@ def test_inner_stages_run_quietly(monkeypatch, tmp_path):
     for progress in (False, True):
         seen.clear()
         cfg = compare.CompareConfig(output=str(tmp_path), bootstrap_contexts=4, progress=progress)
-        compare.make_pi0(cfg, tmp_path)
-        compare.collect_logs(cfg, "pi0", tmp_path)
+        make_pi0(cfg, tmp_path)
+        collect_logs(cfg, "pi0", tmp_path)
         compare.eval_cell(cfg, "pi0", 0, "pi0", tmp_path / "cell")
         assert {k: (c.quiet, c.progress) for k, c in seen.items()} == {k: (not progress, progress) for k in seen}
         assert len(seen) == 3

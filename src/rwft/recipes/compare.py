@@ -1,6 +1,7 @@
 """``rwft compare``: every objective on one logged dataset, several seeds, one table.
 
-The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips what is done:
+The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips what is done (stages 1-2 and the
+per-turn labels in ``recipes.logs``):
 
 1. ``pi0/`` (when ``--bootstrap-contexts`` > 0): the logging policy pi_0, made by ``rwft bootstrap`` (SFT of
    the tiny preset on scripted conversations of mixed quality, so its rollouts spread in reward).
@@ -161,57 +162,6 @@ class CompareConfig:
             raise RwftError(f"--quality-episodes {self.quality_episodes}: expected a positive integer")
 
 
-def make_pi0(config: CompareConfig, out: Path) -> str:
-    """pi_0's directory, made once by ``rwft bootstrap`` (resumable), or --model itself."""
-    if config.bootstrap_contexts <= 0:
-        return config.model
-    from rwft.recipes.bootstrap import BootstrapConfig, run_bootstrap
-
-    pi0 = out / "pi0" / "train"
-    if not (pi0 / "config.json").exists() or not (out / "pi0" / "bootstrap.json").exists():
-        t0 = time.time()
-        run_bootstrap(BootstrapConfig(env=config.env, output=str(out / "pi0"), env_args=list(config.env_args),
-                                      contexts=config.bootstrap_contexts, epochs=config.bootstrap_epochs,
-                                      learning_rate=config.bootstrap_learning_rate,
-                                      batch_size=config.bootstrap_batch_size or config.batch_size,
-                                      eval_contexts=config.bootstrap_eval_contexts, best_of=config.samples_per_context,
-                                      max_new_tokens=config.max_new_tokens, seed=config.collect_seed + 7,
-                                      progress=config.progress, quiet=not config.progress))
-        print(f"pi_0: bootstrapped in {time.time() - t0:.0f} s", flush=True)
-    return str(pi0)
-
-
-def collect_logs(config: CompareConfig, pi0: str, out: Path) -> str:
-    if config.data:
-        return config.data
-    from rwft.data.io import count_complete_lines
-    from rwft.rollout.collect import CollectConfig, run_collect
-
-    path = out / "logs.jsonl"
-    t0 = time.time()
-    run_collect(CollectConfig(env=config.env, out=str(path), policy=pi0, contexts=config.contexts,
-                              samples_per_context=config.samples_per_context, temperatures=list(config.temperatures),
-                              seed=config.collect_seed, env_args=list(config.env_args),
-                              max_new_tokens=config.max_new_tokens, progress=config.progress,
-                              quiet=not config.progress))
-    print(f"logs: {count_complete_lines(path)} episodes of pi_0 in {path} ({time.time() - t0:.0f} s)", flush=True)
-    return str(path)
-
-
-def label_per_turn(config: CompareConfig, data: str, out: Path) -> str:
-    """``OUTPUT/logs-per-turn.jsonl``: the logs with turn rewards by redistribution (``rwft label --per-turn``,
-    resumable), made once when a method trains on them."""
-    from rwft.data.io import count_complete_lines
-    from rwft.rollout.label import LabelConfig, run_label
-
-    path = out / "logs-per-turn.jsonl"
-    t0 = time.time()
-    run_label(LabelConfig(data=data, out=str(path), judge=config.per_turn_judge, per_turn=True, progress=False))
-    print(f"per-turn credit: {count_complete_lines(path)} conversations by redistribution "
-          f"(judge {config.per_turn_judge}) in {path} ({time.time() - t0:.0f} s)", flush=True)
-    return str(path)
-
-
 def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0: str, out: str,
                    behaviour: str | None = None):
     """The config of ``rwft train`` (or ``rwft dpo``) that trains one method from pi_0, silently
@@ -359,6 +309,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     """Run (or finish) the comparison; print one line per cell and the table; return the report's files."""
     from rwft.eval.quality import episode_intervals
     from rwft.eval.report import write_report
+    from rwft.recipes.logs import collect_logs, label_per_turn, make_pi0
 
     check_inputs(config)
     out = Path(config.output)

@@ -1,0 +1,61 @@
+"""The data a comparison trains on, each stage a file or directory under its output, skipped when done:
+pi_0 (``pi0/``, made by ``rwft bootstrap``, or ``--model`` itself), its logs (``logs.jsonl``, by ``rwft
+collect``, or ``--data``) and their turn rewards by redistribution (``logs-per-turn.jsonl``, by ``rwft label
+--per-turn``). ``config`` is a ``CompareConfig`` (``rwft sweep`` builds one for its pi_0)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+
+def make_pi0(config: Any, out: Path) -> str:
+    """pi_0's directory, made once by ``rwft bootstrap`` (resumable), or --model itself."""
+    if config.bootstrap_contexts <= 0:
+        return config.model
+    from rwft.recipes.bootstrap import BootstrapConfig, run_bootstrap
+
+    pi0 = out / "pi0" / "train"
+    if not (pi0 / "config.json").exists() or not (out / "pi0" / "bootstrap.json").exists():
+        t0 = time.time()
+        run_bootstrap(BootstrapConfig(env=config.env, output=str(out / "pi0"), env_args=list(config.env_args),
+                                      contexts=config.bootstrap_contexts, epochs=config.bootstrap_epochs,
+                                      learning_rate=config.bootstrap_learning_rate,
+                                      batch_size=config.bootstrap_batch_size or config.batch_size,
+                                      eval_contexts=config.bootstrap_eval_contexts, best_of=config.samples_per_context,
+                                      max_new_tokens=config.max_new_tokens, seed=config.collect_seed + 7,
+                                      progress=config.progress, quiet=not config.progress))
+        print(f"pi_0: bootstrapped in {time.time() - t0:.0f} s", flush=True)
+    return str(pi0)
+
+
+def collect_logs(config: Any, pi0: str, out: Path) -> str:
+    if config.data:
+        return config.data
+    from rwft.data.io import count_complete_lines
+    from rwft.rollout.collect import CollectConfig, run_collect
+
+    path = out / "logs.jsonl"
+    t0 = time.time()
+    run_collect(CollectConfig(env=config.env, out=str(path), policy=pi0, contexts=config.contexts,
+                              samples_per_context=config.samples_per_context, temperatures=list(config.temperatures),
+                              seed=config.collect_seed, env_args=list(config.env_args),
+                              max_new_tokens=config.max_new_tokens, progress=config.progress,
+                              quiet=not config.progress))
+    print(f"logs: {count_complete_lines(path)} episodes of pi_0 in {path} ({time.time() - t0:.0f} s)", flush=True)
+    return str(path)
+
+
+def label_per_turn(config: Any, data: str, out: Path) -> str:
+    """``OUTPUT/logs-per-turn.jsonl``: the logs with turn rewards by redistribution (``rwft label --per-turn``,
+    resumable), made once when a method trains on them."""
+    from rwft.data.io import count_complete_lines
+    from rwft.rollout.label import LabelConfig, run_label
+
+    path = out / "logs-per-turn.jsonl"
+    t0 = time.time()
+    run_label(LabelConfig(data=data, out=str(path), judge=config.per_turn_judge, per_turn=True, progress=False))
+    print(f"per-turn credit: {count_complete_lines(path)} conversations by redistribution "
+          f"(judge {config.per_turn_judge}) in {path} ({time.time() - t0:.0f} s)", flush=True)
+    return str(path)
