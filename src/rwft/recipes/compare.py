@@ -37,13 +37,13 @@ memory allocated on a GPU.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 
 # One row per method: how it trains from pi_0. "objective": rwft train's --objective; "dpo": rwft dpo's --level;
@@ -243,9 +243,7 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
         else []
     result = {"method": method, "seed": seed, "metrics": flat(ev["metrics"]), **cost,
               "train_log": train_log, "samples": samples[:2]}
-    tmp = done.with_name(".result.json.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, done)
+    write_text_atomic(done, json.dumps(result))
     return result
 
 
@@ -266,10 +264,7 @@ def add_quality(config: CompareConfig, result: dict[str, Any], out: Path, judge:
     if any(result["metrics"].get(k) != v for k, v in metrics.items() if v == v):  # new or changed (NaN skipped)
         result["metrics"].update(metrics)
         result.setdefault("quality_time_s", time.perf_counter() - t0)
-        done = cell / "result.json"
-        tmp = done.with_name(".result.json.tmp")
-        tmp.write_text(json.dumps(result))
-        os.replace(tmp, done)
+        write_text_atomic(cell / "result.json", json.dumps(result))
     return rows
 
 

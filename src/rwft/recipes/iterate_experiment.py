@@ -17,12 +17,12 @@ to the reference (``kl_end``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 
 
@@ -116,9 +116,7 @@ def run_cell(config: IterateExperimentConfig, pi0: str, name: str, objective: st
     result = {"method": name, "seed": seed, "metrics": metrics, "train_time_s": train_s,
               "train_log": [{k: r.get(k) for k in ("step", "loss", "reward", "entropy", "response_tokens", "kl")}
                             for r in log]}
-    tmp = done.with_name(".result.json.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, done)
+    write_text_atomic(done, json.dumps(result))
     return result
 
 

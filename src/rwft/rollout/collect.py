@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rwft.data.io import JsonlAppender, count_complete_lines
+from rwft.data.io import JsonlAppender, count_complete_lines, write_text_atomic
 from rwft.errors import RwftError
 from rwft.rollout.envs.base import Environment, Episode, Task, make_env, options_dict
 from rwft.rollout.judges import Judge, JudgeItem, make_judge, parse_spec
@@ -124,10 +123,7 @@ def prepare_output(out: Path, args: dict[str, Any], overwrite: bool, verb: str) 
         sidecar.unlink(missing_ok=True)
     done = check_output(out, args, False, verb)
     if not sidecar.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sidecar.with_name("." + sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(args, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, sidecar)
+        write_text_atomic(sidecar, json.dumps(args, indent=1, sort_keys=True))
     return done
 
 

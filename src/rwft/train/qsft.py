@@ -42,6 +42,7 @@ import torch
 from transformers import TrainerCallback
 
 from rwft.data.arrow import _digest
+from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.objectives.qsft import SUPPORT_MIN_PROB, bellman_targets, next_state_values, polyak_, qsft_loss, transitions
 from rwft.train import skeleton
@@ -318,10 +319,7 @@ def write_qsft_json(config: TrainConfig, behaviour: Path) -> None:
     info = {"behaviour_model": str(behaviour), "beta": config.qsft_beta, "gamma": config.gamma,
             "polyak": config.polyak, "top_k": config.qsft_top_k, "support_min_prob": SUPPORT_MIN_PROB,
             "rescale_rewards": config.rescale_rewards}
-    path = Path(config.output_dir) / "qsft.json"
-    tmp = path.with_name(f".qsft.{os.getpid()}.json")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(Path(config.output_dir) / "qsft.json", json.dumps(info, indent=1) + "\n")
 
 
 def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> QTrainer:

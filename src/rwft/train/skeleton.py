@@ -19,7 +19,6 @@ the step log and tensorboard; ``--disable-tqdm`` silences both.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -30,6 +29,7 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
+from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.presets import quiet_hf
 
@@ -141,10 +141,7 @@ def check_config(out: Path, resolved: dict[str, Any]) -> None:
 
 def write_config(out: Path, resolved: dict[str, Any]) -> None:
     """Create the directory and write the config atomically (other processes of a launch may read it)."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".rwft_config.{os.getpid()}.yaml"
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    os.replace(tmp, out / "rwft_config.yaml")
+    write_text_atomic(out / "rwft_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
 
 def last_checkpoint(out: Path) -> Path | None:
