@@ -45,7 +45,7 @@ from rwft.data.arrow import _digest
 from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.objectives.qsft import SUPPORT_MIN_PROB, bellman_targets, next_state_values, polyak_, qsft_loss, transitions
-from rwft.train import skeleton
+from rwft.train import skeleton, weighted
 from rwft.train.weighted import TrainConfig, WeightedTrainer
 
 CACHE_VERSION = "q1"
@@ -100,7 +100,6 @@ def _resolve(name: str) -> str:
 def train_behaviour(config: TrainConfig) -> Path:
     """pi_phi by plain SFT on the same data into OUTPUT/behaviour (same options; LoRA merged so the directory
     is a whole model); skipped when its model is already saved, resumed when it holds a checkpoint."""
-    from rwft.train import weighted
 
     out = Path(config.output_dir).resolve() / "behaviour"
     sft = dataclasses.replace(config, objective="sft", output_dir=str(out), merge_lora=config.lora)
@@ -323,16 +322,9 @@ def write_qsft_json(config: TrainConfig, behaviour: Path) -> None:
 
 
 def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> QTrainer:
-    data, stats, behaviour = prepared
+    behaviour = prepared[2]
     if config.process_index == 0:
         write_qsft_json(config, behaviour)
-    return QTrainer(
-        model=model,
-        args=config,
-        train_dataset=data,
-        data_collator=QCollator(tokenizer.pad_token_id, config.gamma, config.qsft_top_k),
-        processing_class=tokenizer,
-        tokens_per_conversation=stats.agent_tokens / stats.kept,
-        callbacks=callbacks,
-        polyak=config.polyak,
-    )
+    return weighted.make_trainer(config, model, tokenizer, prepared, callbacks, trainer_cls=QTrainer,
+                                 collator=QCollator(tokenizer.pad_token_id, config.gamma, config.qsft_top_k),
+                                 polyak=config.polyak)

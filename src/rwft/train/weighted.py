@@ -172,16 +172,17 @@ def prepare(config: TrainConfig, tokenizer, objective: str | None = None):
 
 
 def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks, trainer_cls: type | None = None,
-                 **extra) -> WeightedTrainer:
-    """The WeightedTrainer (or a subclass, ``trainer_cls``, with its ``extra`` arguments) on the prepared data."""
+                 collator=None, **extra) -> WeightedTrainer:
+    """The WeightedTrainer (or a subclass, ``trainer_cls``, with its ``collator`` and ``extra`` arguments) on the
+    prepared data."""
     from rwft.train.collate import WeightedCollator
 
-    data, stats = prepared
+    data, stats = prepared[:2]
     return (trainer_cls or WeightedTrainer)(
         model=model,
         args=config,
         train_dataset=data,
-        data_collator=WeightedCollator(tokenizer.pad_token_id),
+        data_collator=collator or WeightedCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         tokens_per_conversation=stats.agent_tokens / stats.kept,
         callbacks=callbacks,
