@@ -100,7 +100,6 @@ def _resolve(name: str) -> str:
 def train_behaviour(config: TrainConfig) -> Path:
     """pi_phi by plain SFT on the same data into OUTPUT/behaviour (same options; LoRA merged so the directory
     is a whole model); skipped when its model is already saved, resumed when it holds a checkpoint."""
-
     out = Path(config.output_dir).resolve() / "behaviour"
     sft = dataclasses.replace(config, objective="sft", output_dir=str(out), merge_lora=config.lora)
     if (out / "model.safetensors").exists():
