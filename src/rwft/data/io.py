@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,22 @@ class JsonlAppender:
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     """Write a whole file through a temporary name, so readers never see half of it."""
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def cut_jsonl(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Keep only the records of a JSONL file for which ``keep`` is true (a torn last line is dropped): how a
+    resumed run cuts its logs back to its checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        return
+    kept = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            if line.strip() and keep(json.loads(line)):
+                kept.append(line + "\n")
+        except json.JSONDecodeError:
+            continue
+    write_text_atomic(p, "".join(kept))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

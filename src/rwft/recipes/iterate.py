@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rwft.data.io import cut_jsonl
 from rwft.errors import RwftError
 
 VERIFIABLE = ("mcqa", "twenty-questions")
@@ -173,19 +174,6 @@ def prompt_split(n: int, weights: list[float]) -> list[int]:
     return counts
 
 
-def _cut_jsonl(path: Path, keep) -> None:
-    if path.exists():
-        lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        kept = []
-        for line in lines:
-            try:
-                if keep(json.loads(line)):
-                    kept.append(line)
-            except json.JSONDecodeError:  # a torn last line
-                continue
-        path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
-
-
 def _save_state(out: Path, learner, step: int, generator_step: int) -> None:
     import torch
 
@@ -279,8 +267,8 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
     if served is not None and generator_step > 0:
         served.load(generator_step)  # the server may have restarted since: load the last synced adapter again
     generator = served.policy if served is not None else local
-    _cut_jsonl(steps_log, lambda r: r["step"] <= start)
-    _cut_jsonl(episodes_log, lambda r: r["metadata"]["iterate_step"] <= start)
+    cut_jsonl(steps_log, lambda r: r["step"] <= start)
+    cut_jsonl(episodes_log, lambda r: r["metadata"]["iterate_step"] <= start)
     counts = prompt_split(config.prompts_per_step, config.env_weights or [1.0] * len(envs))
     bar = tqdm(total=config.steps, initial=start, desc=f"rwft iterate {config.objective}", unit="step",
                disable=config.quiet or not config.progress)

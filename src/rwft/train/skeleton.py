@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
-from rwft.data.io import write_text_atomic
+from rwft.data.io import cut_jsonl, write_text_atomic
 from rwft.errors import RwftError
 from rwft.presets import quiet_hf
 
@@ -160,8 +160,7 @@ def resume_point(out: Path, is_main: bool) -> Path | None:
         log.unlink(missing_ok=True)
     elif log.exists():
         step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
-        keep = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        log.write_text("".join(line + "\n" for line in keep))
+        cut_jsonl(log, lambda r: r["step"] <= step)
     return resume
 
 
