@@ -177,7 +177,7 @@ def episode_records(env: Environment, judge: Judge, policy_name: str, episodes: 
         if ep.truncated_actions:
             meta["truncated_actions"] = ep.truncated_actions
         records.append({"id": item.key, "context_id": ep.task.context_id, "messages": messages,
-                        "reward": reward, "metadata": meta})
+                        "reward": reward, **({"tools": ep.tools} if ep.tools else {}), "metadata": meta})
     return records
 
 

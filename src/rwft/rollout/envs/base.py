@@ -55,6 +55,8 @@ class Episode:
     agent_turns: int = 0
     state: dict[str, Any] = field(default_factory=dict)
     truncated_actions: int = 0
+    tools: list[dict[str, Any]] | None = None
+    """JSON schemas of the tools the agent may call (rendered to the policy, written as the record's ``tools``)"""
 
     def last_agent_text(self) -> str:
         for m in reversed(self.messages):
@@ -143,6 +145,7 @@ _REGISTRY: dict[str, str] = {
     "mcqa": "rwft.rollout.envs.mcqa:MCQAEnv",
     "clarify": "rwft.rollout.envs.clarify:ClarifyEnv",
     "twenty-questions": "rwft.rollout.envs.twenty_questions:TwentyQuestionsEnv",
+    "tod": "rwft.rollout.envs.tod:TodEnv",
 }
 
 
