@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "label": ("rwft.rollout.label", "LabelConfig", "run_label", "add or replace rewards on logs with a judge"),
     "bootstrap": ("rwft.recipes.bootstrap", "BootstrapConfig", "run_bootstrap", "make pi_0 by SFT on scripted play"),
     "iterate": ("rwft.recipes.iterate", "IterateConfig", "run_iterate", "collect and train, syncing every S steps"),
-    "sweep": ("rwft.recipes.iterate_experiment", "IterateExperimentConfig", "run_experiment",
+    "sweep": ("rwft.recipes.sweep", "SweepConfig", "run_experiment",
               "iterate over objectives x sync intervals x seeds from one pi_0: table, curves"),
 }
 

@@ -10,11 +10,24 @@ from rwft.objectives.online import dpo_loss, grpo_advantages, grpo_loss, masked_
 def test_grpo_advantages_by_hand():
     r = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.9]
     g = ["a", "a", "a", "a", "b", "b", "c"]
-    assert grpo_advantages(r, g) == pytest.approx([0.5, -0.5, -0.5, 0.5, 0.0, 0.0, 0.0])
-    # with the std (population std of a is 0.5): Swift's weights; equal groups get 0
-    assert grpo_advantages(r, g, scale=True) == pytest.approx([1.0, -1.0, -1.0, 1.0, 0.0, 0.0, 0.0])
+    std_a = math.sqrt(4 * 0.25 / 3)  # the sample std of group a (n - 1 = 3)
+    a = 0.5 / (std_a + 1e-4)
+    assert grpo_advantages(r, g) == pytest.approx([a, -a, -a, a, 0.0, 0.0, 0.0])
+    # without the std (Dr. GRPO): r - group mean; a group of one sample gets 0
+    assert grpo_advantages(r, g, scale=False) == pytest.approx([0.5, -0.5, -0.5, 0.5, 0.0, 0.0, 0.0])
     r2 = [0.9, 0.0, 1.0]
-    assert grpo_advantages(r2, ["x"] * 3) == pytest.approx([0.9 - 19 / 30, -19 / 30, 1 - 19 / 30])
+    assert grpo_advantages(r2, ["x"] * 3, scale=False) == pytest.approx([0.9 - 19 / 30, -19 / 30, 1 - 19 / 30])
+
+
+def test_grpo_advantages_are_trls():
+    """TRL's GRPOTrainer (scale_rewards="group"): rewards viewed as [groups, G], A = (r - mean) / (std + 1e-4) with
+    torch's std (n - 1)."""
+    rng = random.Random(0)
+    rewards = torch.tensor([rng.choice([0.0, 0.5, 0.9, 1.0]) for _ in range(60)], dtype=torch.float64)
+    grouped = rewards.view(-1, 4)
+    trl = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
+    groups = [f"g{i // 4}" for i in range(60)]
+    assert grpo_advantages(rewards.tolist(), groups) == pytest.approx(trl.tolist(), abs=1e-9)
 
 
 def test_verifiable_pairs_random_correct_vs_incorrect_and_skips():
@@ -47,15 +60,34 @@ def test_grpo_loss_value_and_gradient_on_policy():
     logps = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]], requires_grad=True)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     adv = torch.tensor([2.0, -1.0])
-    loss = grpo_loss(logps, None, adv, mask, 0.0)
+    loss = grpo_loss(logps, None, None, adv, mask, 0.0)
     assert float(loss.detach()) == pytest.approx((-2.0 + 1.0) / 2)  # the ratio is 1 on policy
     loss.backward()
     expect = torch.tensor([[-2 / 2 / 2, -2 / 2 / 2, 0.0], [1 / 3 / 2] * 3])  # -A_i / |y_i| / B
     assert torch.allclose(logps.grad, expect)
     ref = torch.tensor([[-1.5, -2.0, 0.0], [-0.5, -0.5, -0.5]])
-    with_kl = grpo_loss(logps.detach(), ref, adv, mask, 0.5)
+    with_kl = grpo_loss(logps.detach(), None, ref, adv, mask, 0.5)
     k3 = math.exp(-0.5) + 0.5 - 1
     assert float(with_kl) == pytest.approx((-2.0 + 0.5 * k3 / 2 + 1.0) / 2)
+
+
+def test_grpo_loss_ratio_and_clipping_by_hand():
+    """Old log-probs from the policy that sampled: rho = exp(logp - old); a token whose rho left [0.8, 1.2] in the
+    direction of its advantage is clipped (its loss is constant, its gradient 0); otherwise d/dlogp = -rho A."""
+    logps = torch.tensor([[0.0, 0.0, 0.0]], requires_grad=True)
+    old = torch.tensor([[0.0, -0.5, 0.5]])  # rho = 1, e^0.5 (above 1.2), e^-0.5 (below 0.8)
+    mask = torch.ones(1, 3)
+    for a in (1.0, -1.0):
+        logps.grad = None
+        loss = grpo_loss(logps, old, None, torch.tensor([a]), mask, 0.0, epsilon=0.2)
+        rho = [1.0, math.exp(0.5), math.exp(-0.5)]
+        clipped = [1.0, 1.2, 0.8]
+        expect = sum(-min(r * a, c * a) for r, c in zip(rho, clipped, strict=True)) / 3
+        assert float(loss.detach()) == pytest.approx(expect)
+        loss.backward()
+        # A > 0: the token with rho > 1.2 is clipped; A < 0: the token with rho < 0.8 is
+        grad = [-1.0 * a / 3, 0.0 if a > 0 else -rho[1] * a / 3, -rho[2] * a / 3 if a > 0 else 0.0]
+        assert logps.grad[0].tolist() == pytest.approx(grad)
 
 
 def test_kl_and_entropy():
@@ -68,10 +100,11 @@ def test_kl_and_entropy():
     assert float(masked_entropy(logits, torch.tensor([[0, 1]]))) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_scaled_grpo_advantages_are_swift_weights():
+def test_scaled_grpo_advantages_are_swift_weights_times_the_bessel_factor():
     from rwft.objectives.weights import swift_weights
 
     rng = random.Random(0)
     rewards = [rng.choice([0.0, 0.5, 0.9, 1.0]) for _ in range(60)]
     groups = [f"g{i // 4}" for i in range(60)]
-    assert grpo_advantages(rewards, groups, scale=True) == pytest.approx(swift_weights(rewards, groups))
+    swift = swift_weights(rewards, groups) * math.sqrt(3 / 4)
+    assert grpo_advantages(rewards, groups) == pytest.approx(swift.tolist(), rel=5e-3)  # the 1e-4 in the std

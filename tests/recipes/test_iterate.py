@@ -156,7 +156,7 @@ def test_unreachable_server_and_full_weight_sync_are_refused_before_writing(tmp_
 def test_experiment_runs_each_cell_once_and_writes_the_table(tmp_path, monkeypatch):
     import rwft.eval.evaluate
     import rwft.recipes.iterate
-    from rwft.recipes.iterate_experiment import IterateExperimentConfig, run_experiment
+    from rwft.recipes.sweep import SweepConfig, run_experiment
 
     seen = []
 
@@ -170,7 +170,7 @@ def test_experiment_runs_each_cell_once_and_writes_the_table(tmp_path, monkeypat
 
     monkeypatch.setattr(rwft.recipes.iterate, "run_iterate", fake_iterate)
     monkeypatch.setattr(rwft.eval.evaluate, "run_eval", lambda cfg: {"metrics": {"reward": cfg.seeds[0] / 1000}})
-    cfg = IterateExperimentConfig(output=str(tmp_path), policy="pi0", methods=["off:dpo:never", "on:grpo:1:ref"],
+    cfg = SweepConfig(output=str(tmp_path), policy="pi0", methods=["off:dpo:never", "on:grpo:1:ref"],
                                   seeds=[0, 1])
     table = run_experiment(cfg)
     assert seen == [("dpo", "never", False, 0), ("grpo", "1", True, 0), ("dpo", "never", False, 1),
@@ -182,4 +182,4 @@ def test_experiment_runs_each_cell_once_and_writes_the_table(tmp_path, monkeypat
     run_experiment(cfg)
     assert len(seen) == 4  # finished cells are not rerun
     with pytest.raises(RwftError, match="NAME:OBJECTIVE:S"):
-        IterateExperimentConfig(output=str(tmp_path), methods=["bad"]).cells()
+        SweepConfig(output=str(tmp_path), methods=["bad"]).cells()

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from rwft.train.online import Learner, LearnerSettings
+from rwft.train.online import Learner, LearnerConfig
 from rwft.train.weighted import TrainConfig, train
 
 ANSWERS = ["Done: cat.", "Which one do you mean?", "Done: dog.", "Done: frog."]
@@ -34,15 +34,15 @@ def same(a, b, atol=0.0):
 
 @pytest.mark.parametrize("objective", ["dpo", "grpo"])
 def test_sync_copies_trainer_into_generator_and_optionally_reference(objective):
-    learner = Learner(LearnerSettings(model="tiny", objective=objective, learning_rate=1e-2, max_new_tokens=4))
+    learner = Learner(LearnerConfig(policy="tiny", objective=objective, learning_rate=1e-2))
     pi0 = weights(learner.model)
-    out = learner.step(records(), random.Random(0), [False] * 9)
+    out = learner.step(records(), random.Random(0), [None] * 9)
     assert out["loss"] == out["loss"] and not same(weights(learner.model), pi0)
     assert same(weights(learner.generator_model), pi0)  # not synced yet: the generator is still pi_0
     learner.sync(reference=False)
     assert same(weights(learner.generator_model), weights(learner.model))
     assert same(weights(learner.reference), pi0)  # a fixed reference stays pi_0
-    learner.step(records(), random.Random(1), [False] * 9)
+    learner.step(records(), random.Random(1), [None] * 9)
     learner.sync(reference=True)
     assert same(weights(learner.generator_model), weights(learner.model))
     assert same(weights(learner.reference), weights(learner.model))
@@ -67,11 +67,10 @@ def test_step_equals_rwft_train_on_the_same_batch(tmp_path, objective):
     from rwft.presets import load_model
 
     trained = weights(load_model(str(tmp_path / "run")))
-    learner = Learner(LearnerSettings(model="tiny", objective=objective, learning_rate=1e-2, adam_epsilon=1e-3,
-                                      max_new_tokens=4))
+    learner = Learner(LearnerConfig(policy="tiny", objective=objective, learning_rate=1e-2, adam_epsilon=1e-3))
     pi0 = weights(learner.model)
     for _ in range(2):
-        learner.step(recs, random.Random(0), [False] * len(recs))
+        learner.step(recs, random.Random(0), [None] * len(recs))
     mine = weights(learner.model)
     assert not same(mine, pi0)
     assert same(mine, trained, atol=1e-6)
@@ -106,11 +105,11 @@ def test_dpo_step_equals_rwft_dpo_when_the_template_adds_nothing_after_a_turn(tm
     from rwft.presets import load_model
 
     trained = weights(load_model(str(out)))
-    learner = Learner(LearnerSettings(model=str(model), objective="dpo", learning_rate=1e-2, adam_epsilon=1e-3,
-                                      beta=0.1, max_new_tokens=4))
+    learner = Learner(LearnerConfig(policy=str(model), objective="dpo", learning_rate=1e-2, adam_epsilon=1e-3,
+                                    beta=0.1))
     pi0 = weights(learner.model)
     for _ in range(2):
-        assert learner.step(recs, random.Random(0), [False] * len(recs))["pairs"] == 4
+        assert learner.step(recs, random.Random(0), [None] * len(recs))["pairs"] == 4
     mine = weights(learner.model)
     assert max(float((mine[k] - pi0[k]).abs().max()) for k in mine) > 1e-3
     assert same(mine, trained, atol=1e-6)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-SIGMA_EPS = 1e-6
+STD_EPS = 1e-4
 
 
 def _groups(groups: Sequence[str]) -> dict[str, list[int]]:
@@ -24,20 +24,24 @@ def _groups(groups: Sequence[str]) -> dict[str, list[int]]:
     return out
 
 
-def grpo_advantages(rewards: Sequence[float], groups: Sequence[str], scale: bool = False) -> list[float]:
-    """GRPO's group advantage: A_i = r_i - mean_{j in g(i)} r_j, divided by the group's population std when
-    ``scale`` (groups whose std is below 1e-6 then get A = 0). With ``scale`` this is Swift's weight
-    (``objectives.weights.swift_weights``) on fresh samples; Bridging uses the mean only."""
+def grpo_advantages(rewards: Sequence[float], groups: Sequence[str], scale: bool = True) -> list[float]:
+    """GRPO's group advantage, as TRL's ``GRPOTrainer`` (``scale_rewards="group"``) and Bridging's code:
+
+        A_i = (r_i - mean_g) / (std_g + 1e-4)
+
+    with mean_g and the sample std std_g (n - 1 in the denominator) over the group g of i; ``scale=False``
+    gives A_i = r_i - mean_g (Dr. GRPO). A group of one sample gets A = 0 (TRL has no such groups). The
+    scaled advantage is Swift's weight (population std, ``objectives.weights.swift_weights``) times
+    sqrt((n - 1) / n) up to the 1e-4."""
     adv = [0.0] * len(rewards)
     for idx in _groups(groups).values():
+        if len(idx) < 2:
+            continue
         rs = [float(rewards[i]) for i in idx]
         mu = sum(rs) / len(rs)
-        sigma = math.sqrt(sum((r - mu) ** 2 for r in rs) / len(rs))
+        std = math.sqrt(sum((r - mu) ** 2 for r in rs) / (len(rs) - 1))
         for i in idx:
-            if not scale:
-                adv[i] = rewards[i] - mu
-            elif sigma >= SIGMA_EPS:
-                adv[i] = (rewards[i] - mu) / sigma
+            adv[i] = (rewards[i] - mu) / (std + STD_EPS) if scale else rewards[i] - mu
     return adv
 
 
@@ -82,16 +86,21 @@ def per_token_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def grpo_loss(logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
-              kl_coef: float) -> torch.Tensor:
-    """Strictly on-policy GRPO (one optimizer step per batch, so the ratio pi/pi_old is 1 and clipping is void):
+def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
+              advantages: torch.Tensor, mask: torch.Tensor, kl_coef: float, epsilon: float = 0.2) -> torch.Tensor:
+    """TRL's GRPO loss (``loss_type="grpo"``, token-level ratio, ``epsilon_low = epsilon_high = epsilon``):
 
-        L = mean_i [ sum_t m_it * ( -exp(logp_it - sg(logp_it)) * A_i + kl_coef * k3_it ) / sum_t m_it ]
+        rho_it = exp(logp_it - old_it),   l_it = -min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps) A_i)
+        L = mean_i [ sum_t m_it * ( l_it + kl_coef * k3_it ) / sum_t m_it ]
 
-    (TRL's ``grpo`` normalization; the exp(.) is 1 but carries the gradient of logp). ``logps``, ``ref_logps``
-    and ``mask`` are [B, T] over the sampled tokens, ``advantages`` [B]."""
+    ``old_logps``: the log-probabilities of the policy that sampled (None: the trainer's own, so rho = 1 and
+    only its gradient remains); k3 as ``per_token_kl``. ``logps``, ``old_logps``, ``ref_logps`` and ``mask``
+    are [B, T] over the sampled tokens, ``advantages`` [B]."""
     mask = mask.to(logps.dtype)
-    per_token = -torch.exp(logps - logps.detach()) * advantages[:, None]
+    old = logps.detach() if old_logps is None else old_logps
+    ratio = torch.exp(logps - old)
+    a = advantages[:, None].to(logps.dtype)
+    per_token = -torch.min(ratio * a, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * a)
     if kl_coef and ref_logps is not None:
         per_token = per_token + kl_coef * per_token_kl(logps, ref_logps)
     return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()

@@ -32,14 +32,18 @@ from typing import Any
 
 from rwft.data.io import cut_jsonl
 from rwft.errors import RwftError
+from rwft.train.online import LearnerConfig
 
-VERIFIABLE = ("mcqa", "twenty-questions")
+VERIFIABLE = {"mcqa": "reward", "twenty-questions": "correct"}
+"""Environments whose episodes are right or wrong, and the field of a record that says how right (compared with
+--pairing-threshold by online DPO): mcqa's reward is 1 or 0; twenty-questions' reward counts the turns (never
+above 0 by default), its win is ``metadata.correct``."""
 NEUTRAL = ("progress", "quiet", "threads", "api_key_env")
 
 
-@dataclass
-class IterateConfig:
-    """Options of ``rwft iterate``."""
+@dataclass(kw_only=True)
+class IterateConfig(LearnerConfig):
+    """Options of ``rwft iterate``: the learner's (``train.online.LearnerConfig``) and the loop's."""
 
     output: str
     """Run directory (config, step log, episodes, curves, checkpoint, final model); rerun to resume."""
@@ -49,10 +53,6 @@ class IterateConfig:
     """Environment options as key=value; with several environments, ENV.key=value (e.g. clarify.source=requests)."""
     env_weights: list[float] = field(default_factory=list)
     """Share of each step's prompts per environment (default: equal)."""
-    policy: str = "tiny"
-    """pi_0: a preset, a model directory or a hub id; trainer, generator and reference all start from it."""
-    objective: str = "dpo"
-    """dpo (online DPO), grpo, swift or refit."""
     sync_every: str = "1"
     """Optimizer steps between syncs of the generator with the trainer: 1 online, S semi-online, never offline."""
     sync_reference: bool = False
@@ -63,36 +63,10 @@ class IterateConfig:
     """Fresh tasks (prompts) per step."""
     group_size: int = 4
     """Episodes per task G (GRPO's group, DPO's candidates, Swift's context)."""
-    temperature: float = 1.0
-    """Sampling temperature of the generator."""
     max_new_tokens: int = 48
     """Tokens generated per agent turn."""
-    learning_rate: float = 1e-4
-    """Learning rate (AdamW, constant)."""
-    adam_epsilon: float = 1e-8
-    """AdamW's epsilon (Bridging used 1e-4 for verifiable DPO)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm."""
-    beta: float = 0.1
-    """DPO's beta."""
-    kl_coef: float = 0.001
-    """GRPO's KL coefficient to the reference."""
-    scale_advantages: bool = False
-    """GRPO: divide advantages by the group's std (then GRPO's weights are Swift's)."""
-    pairing_threshold: float = 0.5
-    """DPO on verifiable environments (mcqa, twenty-questions): a response is correct when reward >= this."""
-    max_length: int = 512
-    """Longest episode in tokens for training (oldest exchanges dropped beyond it)."""
-    seed: int = 0
-    """Seed of the tasks, the sampling and the pairs."""
     save_every: int = 10
     """With --sync-every never: steps between checkpoints (otherwise a checkpoint follows each sync)."""
-    lora: bool = False
-    """Train a LoRA adapter (PEFT, all linear layers) instead of all weights; needed by --generator-url."""
-    lora_r: int = 8
-    """LoRA rank (a vLLM server needs --max-lora-rank at least this)."""
-    lora_alpha: int = 16
-    """LoRA scaling alpha."""
     generator_url: str = ""
     """An OpenAI-compatible server (http://host:port/v1) serving pi_0 as --served-model, with runtime LoRA loading
     (vLLM: --enable-lora, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; scripts/vllm_cpu.sh). It generates; each sync saves
@@ -122,11 +96,12 @@ class IterateConfig:
         return s
 
     def check(self) -> None:
-        from rwft.train.online import OBJECTIVES
-
-        if self.objective not in OBJECTIVES:
-            raise RwftError(f"--objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
-        self.interval()
+        self.entry()
+        if not self.policy:
+            raise RwftError("--policy: give pi_0 (a preset such as tiny, a model directory or a hub id)")
+        if self.interval() is None and self.sync_reference:
+            raise RwftError("--sync-reference with --sync-every never: the generator and the reference are never "
+                            "synced; drop --sync-reference or give a sync interval")
         for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "max_length", "save_every"):
             if getattr(self, name) < 1:
                 raise RwftError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a positive integer")
@@ -144,8 +119,8 @@ class IterateConfig:
                             "(full-weight sync to a server is out of scope)")
         if self.generator_url and not self.served_model:
             raise RwftError("--generator-url: give --served-model, the name the server gives pi_0")
-        if self.temperature < 0 or self.learning_rate <= 0 or self.beta <= 0 or self.kl_coef < 0:
-            raise RwftError("--temperature, --learning-rate, --beta, --kl-coef: expected >= 0 (rate, beta > 0)")
+        if self.temperature <= 0 or self.learning_rate <= 0 or self.beta <= 0 or self.kl_coef < 0 or self.epsilon <= 0:
+            raise RwftError("--temperature, --learning-rate, --beta, --epsilon: expected > 0; --kl-coef: >= 0")
 
 
 def env_options(config: IterateConfig) -> dict[str, list[str]]:
@@ -172,6 +147,25 @@ def prompt_split(n: int, weights: list[float]) -> list[int]:
     for i in order[: n - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def verdicts(records: list[dict[str, Any]]) -> list[float | None]:
+    """Per record, None when its environment's reward is graded, else its ``VERIFIABLE`` field as a number."""
+    out: list[float | None] = []
+    for r in records:
+        key = VERIFIABLE.get(r["metadata"]["env"])
+        out.append(None if key is None else float(r["reward"] if key == "reward" else r["metadata"][key]))
+    return out
+
+
+def check_rewards(records: list[dict[str, Any]], config: IterateConfig) -> None:
+    """Refuse a batch with a reward the objective does not accept (its registry entry's range)."""
+    entry = config.entry()
+    for r in records:
+        if r["reward"] is None or not entry.accepts(r["reward"]):
+            raise RwftError(f"--objective {entry.name} needs rewards {entry.range_text()}; episode {r['id']} of "
+                            f"--env {r['metadata']['env']} has reward {r['reward']}: rescale the environment's "
+                            "reward (twenty-questions: --env-args reward=unit) or choose another objective")
 
 
 def _save_state(out: Path, learner, step: int, generator_step: int) -> None:
@@ -224,7 +218,7 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
     from rwft.rollout.judges import make_judge
     from rwft.rollout.policies import HFPolicy
     from rwft.train import skeleton
-    from rwft.train.online import Learner, LearnerSettings
+    from rwft.train.online import Learner
 
     config.check()
     interval = config.interval()
@@ -241,17 +235,11 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(config.threads)
-    learner = Learner(LearnerSettings(
-        model=config.policy, objective=config.objective, learning_rate=config.learning_rate,
-        adam_epsilon=config.adam_epsilon, max_grad_norm=config.max_grad_norm, beta=config.beta,
-        kl_coef=config.kl_coef, scale_advantages=config.scale_advantages, max_length=config.max_length,
-        max_new_tokens=config.max_new_tokens, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-        seed=config.seed))
-    local = HFPolicy(config.policy, config.max_new_tokens, device="cpu")
+    learner = Learner(config)
+    local = HFPolicy(config.policy, config.max_new_tokens, device="cpu", trust_remote_code=config.trust_remote_code)
     local.model = learner.generator_model  # synced in place by the learner
     learner.on_sync.append(local.reset_cache)
     judge = make_judge("env")
-    skeleton.write_config(out, resolved)
     say = (lambda *_: None) if config.quiet else print
     steps_log, episodes_log = out / "steps.jsonl", out / "episodes.jsonl"
     start, generator_step = 0, 0
@@ -275,7 +263,7 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
     last: dict[str, Any] = {}
     for step in range(start, config.steps):
         t0 = time.perf_counter()
-        records, verifiable = [], []
+        records = []
         for (name, env), n in zip(envs.items(), counts, strict=True):
             if n == 0:
                 continue
@@ -289,10 +277,12 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
             for r in recs:
                 r["metadata"]["iterate_step"] = step + 1
             records += recs
-            verifiable += [name in VERIFIABLE] * len(recs)
+        check_rewards(records, config)
+        if step == start:  # the first batch passed: the run is worth a directory
+            skeleton.write_config(out, resolved)
         t1 = time.perf_counter()
         rng = random.Random(stable_int("pairs", config.seed, step))
-        metrics = learner.step(records, rng, verifiable)
+        metrics = learner.step(records, rng, verdicts(records))
         t2 = time.perf_counter()
         synced = interval is not None and (step + 1) % interval == 0
         if synced:

@@ -16,6 +16,7 @@ to the reference (``kl_end``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,57 +25,33 @@ from typing import Any
 
 from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
+from rwft.recipes.iterate import IterateConfig
 
 
-@dataclass
-class IterateExperimentConfig:
-    """Options of ``rwft sweep``."""
+@dataclass(kw_only=True)
+class SweepConfig(IterateConfig):
+    """Options of ``rwft sweep``: every cell is an ``rwft iterate`` run with these options, its objective, sync
+    interval and seed taken from ``methods`` and ``seeds``; ``output`` is the experiment's directory."""
 
-    output: str
-    """Directory of the experiment."""
-    env: str = "clarify"
-    """Environment of training and evaluation."""
-    env_args: list[str] = field(default_factory=lambda: ["source=requests", "difficulty=3", "unambiguous=0"])
-    """Its options."""
-    policy: str = ""
-    """pi_0 (a model directory); empty: bootstrap it into OUTPUT/pi0 as rwft compare's demo does."""
-    bootstrap_contexts: int = 150
-    """Scripted contexts x 2 for the bootstrap SFT (as examples/compare-demo.yaml)."""
-    bootstrap_epochs: float = 3.0
-    """Epochs of that SFT."""
-    bootstrap_learning_rate: float = 3e-3
-    """Its learning rate."""
     methods: list[str] = field(default_factory=lambda: [
         "offline-dpo:dpo:never", "dpo-s8:dpo:8", "dpo-s4:dpo:4", "online-dpo:dpo:1", "grpo:grpo:1", "swift:swift:1"])
     """Cells as NAME:OBJECTIVE:S, with :ref appended to sync the reference too."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds (training tasks and sampling; evaluation seed eval_seed + seed)."""
-    steps: int = 24
-    """Optimizer steps per cell."""
-    prompts_per_step: int = 8
-    """Tasks per step."""
-    group_size: int = 4
-    """Episodes per task."""
-    temperature: float = 1.0
-    """Generator temperature."""
-    max_new_tokens: int = 12
-    """Tokens per agent turn (training and evaluation)."""
-    learning_rate: float = 1e-3
-    """Learning rate of every objective (see dpo_learning_rate)."""
     dpo_learning_rate: float = 0.0
     """Learning rate of DPO cells (0: learning_rate)."""
-    beta: float = 0.1
-    """DPO beta."""
-    kl_coef: float = 0.001
-    """GRPO KL coefficient."""
+    bootstrap_contexts: int = 150
+    """Without --policy: scripted contexts x 2 for the bootstrap SFT of pi_0 (as examples/compare-demo.yaml)."""
+    bootstrap_epochs: float = 3.0
+    """Epochs of that SFT."""
+    bootstrap_learning_rate: float = 3e-3
+    """Its learning rate."""
     eval_episodes: int = 100
     """Evaluation episodes per cell."""
     eval_seed: int = 1000
     """Evaluation seed base."""
     eval_temperature: float = 0.7
     """Evaluation sampling temperature."""
-    threads: int = 1
-    """Torch CPU threads."""
 
     def cells(self) -> list[tuple[str, str, str, bool]]:
         out = []
@@ -83,28 +60,32 @@ class IterateExperimentConfig:
             if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "ref"):
                 raise RwftError(f"methods: {spec!r}: expected NAME:OBJECTIVE:S or NAME:OBJECTIVE:S:ref")
             out.append((parts[0], parts[1], parts[2], len(parts) == 4))
+        if len(self.env) != 1:
+            raise RwftError(f"--env {self.env}: rwft sweep trains and evaluates in one environment")
         return out
 
+    def cell(self, pi0: str, name: str, objective: str, sync: str, ref: bool, seed: int, out: Path) -> IterateConfig:
+        """The ``rwft iterate`` config of one cell."""
+        lr = self.dpo_learning_rate if objective == "dpo" and self.dpo_learning_rate else self.learning_rate
+        base = IterateConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(IterateConfig)})
+        return dataclasses.replace(base, output=str(out / "cells" / f"{name}-s{seed}" / "run"), policy=pi0,
+                                   objective=objective, sync_every=sync, sync_reference=ref, seed=seed,
+                                   learning_rate=lr, progress=False, quiet=True)
 
-def run_cell(config: IterateExperimentConfig, pi0: str, name: str, objective: str, sync: str, ref: bool,
+
+def run_cell(config: SweepConfig, pi0: str, name: str, objective: str, sync: str, ref: bool,
              seed: int, out: Path) -> dict[str, Any]:
     from rwft.eval.evaluate import EvalConfig, flat, run_eval
-    from rwft.recipes.iterate import IterateConfig, run_iterate
+    from rwft.recipes.iterate import run_iterate
 
     cell = out / "cells" / f"{name}-s{seed}"
     done = cell / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    lr = config.dpo_learning_rate if objective == "dpo" and config.dpo_learning_rate else config.learning_rate
     t0 = time.perf_counter()
-    run_iterate(IterateConfig(
-        output=str(cell / "run"), env=[config.env], env_args=list(config.env_args), policy=pi0, objective=objective,
-        sync_every=sync, sync_reference=ref, steps=config.steps, prompts_per_step=config.prompts_per_step,
-        group_size=config.group_size, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-        learning_rate=lr, beta=config.beta, kl_coef=config.kl_coef, seed=seed, threads=config.threads,
-        progress=False, quiet=True))
+    run_iterate(config.cell(pi0, name, objective, sync, ref, seed, out))
     train_s = time.perf_counter() - t0
-    ev = run_eval(EvalConfig(policy=str(cell / "run" / "model"), env=config.env, output=str(cell / "eval"),
+    ev = run_eval(EvalConfig(policy=str(cell / "run" / "model"), env=config.env[0], output=str(cell / "eval"),
                              episodes=config.eval_episodes, seeds=[config.eval_seed + seed],
                              env_args=list(config.env_args), temperature=config.eval_temperature,
                              max_new_tokens=config.max_new_tokens, similarity=False, progress=False, quiet=True))
@@ -148,7 +129,7 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def run_experiment(config: IterateExperimentConfig) -> str:
+def run_experiment(config: SweepConfig) -> str:
     from rwft.eval.report import write_report
     from rwft.recipes.compare import CompareConfig, cell_line
     from rwft.recipes.logs import make_pi0
@@ -157,8 +138,9 @@ def run_experiment(config: IterateExperimentConfig) -> str:
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     pi0 = config.policy or make_pi0(CompareConfig(
-        output=str(out), env=config.env, env_args=list(config.env_args), bootstrap_contexts=config.bootstrap_contexts,
-        bootstrap_epochs=config.bootstrap_epochs, bootstrap_learning_rate=config.bootstrap_learning_rate,
+        output=str(out), env=config.env[0], env_args=list(config.env_args),
+        bootstrap_contexts=config.bootstrap_contexts, bootstrap_epochs=config.bootstrap_epochs,
+        bootstrap_learning_rate=config.bootstrap_learning_rate,
         max_new_tokens=config.max_new_tokens, samples_per_context=config.group_size), out)
     results = []
     for seed in config.seeds:
@@ -168,7 +150,7 @@ def run_experiment(config: IterateExperimentConfig) -> str:
             print(cell_line(results[-1], resumed), flush=True)
     names = [k for k in ("reward", "asked", "turns", "length", "entropy_end", "tokens_end", "kl_end")
              if any(k in r["metrics"] for r in results)]
-    title = f"rwft iterate: {config.env} {' '.join(config.env_args)}"
+    title = f"rwft iterate: {config.env[0]} {' '.join(config.env_args)}"
     files = write_report(results, out / "report", names, title=title,
                          notes=[f"pi_0: {pi0}; {config.steps} steps x {config.prompts_per_step} tasks x "
                                 f"{config.group_size} episodes per cell"])
