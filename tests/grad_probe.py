@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from rwft.train.weighted import TrainConfig, train
+from rwft.train.trainers import TrainConfig, train
 
 
 class SaveGrads(TrainerCallback):

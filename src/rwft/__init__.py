@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Conversation": "rwft.data.conversation",
     "load_conversations": "rwft.data.io",
-    "TrainConfig": "rwft.train.weighted",
-    "train": "rwft.train.weighted",
+    "TrainConfig": "rwft.train.trainers",
+    "train": "rwft.train.trainers",
     "ValidateConfig": "rwft.data.validate",
     "run_validate": "rwft.data.validate",
     "ExportConfig": "rwft.data.export",

@@ -27,7 +27,7 @@ from rwft.errors import RwftError
 # verb -> (module, config class, run function, one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "validate": ("rwft.data.validate", "ValidateConfig", "run_validate", "check a dataset and print a summary"),
-    "train": ("rwft.train.weighted", "TrainConfig", "train", "train a policy on logged conversations"),
+    "train": ("rwft.train.trainers", "TrainConfig", "train", "train a policy on logged conversations"),
     "export": ("rwft.data.export", "ExportConfig", "run_export", "write Refit as a plain SFT dataset"),
     "dpo": ("rwft.train.dpo", "DpoConfig", "run_dpo", "train the DPO / StepDPO baselines (TRL DPOTrainer)"),
     "eval": ("rwft.eval.evaluate", "EvalConfig", "run_eval", "play a policy in an environment and measure it"),
@@ -68,6 +68,9 @@ class _Parser:
 
         parser = Parser(config_cls, prog=prog, description=description)
         docs = field_docs(config_cls)
+        for f in dataclasses.fields(config_cls):  # a help text made at run time (the objectives' list) follows
+            if f.name in docs and f.metadata.get("help"):
+                docs[f.name] += " " + f.metadata["help"]
         for action in parser._actions:
             if action.dest in docs:  # HfArgumentParser's formatter adds the "(default: ...)"
                 action.help = docs[action.dest].replace("%", "%%")  # argparse %-formats help

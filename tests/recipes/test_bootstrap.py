@@ -69,7 +69,7 @@ def test_scripted_policy_rejects_bad_skills(skill):
 
 
 def test_model_and_skill_reach_training_and_collection(tmp_path, monkeypatch):
-    import rwft.train.weighted
+    import rwft.train.trainers
 
     seen = {}
 
@@ -77,7 +77,7 @@ def test_model_and_skill_reach_training_and_collection(tmp_path, monkeypatch):
         seen["train"] = cfg
         raise RuntimeError("stop after collection")
 
-    monkeypatch.setattr(rwft.train.weighted, "train", fake_train)
+    monkeypatch.setattr(rwft.train.trainers, "train", fake_train)
     out = tmp_path / "pi0"
     model = tmp_path / "some" / "model-dir"
     model.mkdir(parents=True)
@@ -101,7 +101,7 @@ def test_bad_inputs_leave_no_output_directory(tmp_path, kw):
 
 
 def test_quiet_prints_nothing_of_its_own(tmp_path, monkeypatch, capfd):
-    import rwft.train.weighted
+    import rwft.train.trainers
 
     def fake_train(cfg):  # the training's own output is the trainer's (disable_tqdm); the rest must be silent
         import shutil
@@ -110,7 +110,7 @@ def test_quiet_prints_nothing_of_its_own(tmp_path, monkeypatch, capfd):
 
         shutil.copytree(resolve_model("tiny"), cfg.output_dir)
 
-    monkeypatch.setattr(rwft.train.weighted, "train", fake_train)
+    monkeypatch.setattr(rwft.train.trainers, "train", fake_train)
     run_bootstrap(BootstrapConfig(env="mcqa", env_args=["source=arithmetic"], output=str(tmp_path / "q"), contexts=2,
                                   eval_contexts=2, best_of=1, max_new_tokens=4, quiet=True))
     assert capfd.readouterr() == ("", "")

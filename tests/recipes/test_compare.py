@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,11 @@ def test_untrainable_method_is_recorded_not_fatal(fake_stages, tmp_path):
 
 def test_dpo_gets_its_own_learning_rate_and_weighted_batches_are_random_by_default(monkeypatch, tmp_path):
     import rwft.train.dpo
-    import rwft.train.weighted
+    import rwft.train.trainers
 
     seen = {}
     monkeypatch.setattr(rwft.train.dpo, "run_dpo", lambda c: seen.setdefault("dpo", c))
-    monkeypatch.setattr(rwft.train.weighted, "train", lambda c: seen.setdefault("train", c))
+    monkeypatch.setattr(rwft.train.trainers, "train", lambda c: seen.setdefault("train", c))
     cfg = compare.CompareConfig(output=str(tmp_path), learning_rate=2e-3, dpo_learning_rate=2e-4)
     compare.train_cell(cfg, "stepdpo", 0, "logs.jsonl", "pi0", tmp_path / "c1")
     compare.train_cell(cfg, "refit", 0, "logs.jsonl", "pi0", tmp_path / "c2")
@@ -144,7 +145,7 @@ def test_methods_are_data_and_star_gate_d_trains_with_lora(monkeypatch, tmp_path
     c = compare.trainer_config(cfg, "star-gate-d", 0, "logs.jsonl", "pi0", str(tmp_path / "m"))
     assert c.objective == "star-gate-d" and c.lora and c.lora_r == 4 and c.merge_lora  # evaluation loads a model
     assert compare.trainer_config(cfg, "dpo", 0, "logs.jsonl", "pi0", str(tmp_path / "d")).level == "final"
-    monkeypatch.setitem(compare.METHODS, "per-turn", {"objective": "per-turn"})  # a new row is one entry
+    monkeypatch.setitem(compare.METHODS, "per-turn", replace(compare.METHODS["per-turn"], turn_credit=False))
     cfg = compare.CompareConfig(output=str(tmp_path), methods=["per-turn"])
     assert compare.trainer_config(cfg, "per-turn", 0, "logs.jsonl", "pi0", str(tmp_path / "p")).objective == "per-turn"
     assert compare.train_cell(cfg, "base", 0, "logs.jsonl", "pi0", tmp_path / "b") == "pi0"
@@ -199,7 +200,7 @@ def test_per_turn_trains_on_redistributed_credit_and_qsft_on_the_sft_cell(monkey
     rewards summing to each reward); qsft on the plain logs, with the same seed's sft model as its behaviour."""
     from rwft.data.io import load_conversations
     from rwft.rollout.collect import CollectConfig, run_collect
-    from rwft.train import weighted
+    from rwft.train import trainers as weighted
 
     logs = tmp_path / "tq.jsonl"
     run_collect(CollectConfig(env="twenty-questions", out=str(logs), policy="scripted:mixed", contexts=4,

@@ -11,7 +11,7 @@ import torch
 
 from conftest import sample_records, write_jsonl
 from rwft.errors import RwftError
-from rwft.train.weighted import TrainConfig, train
+from rwft.train.trainers import TrainConfig, train
 
 HERE = Path(__file__).parents[1]  # tests/, where grad_probe.py is
 sys.path.insert(0, str(HERE))

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from conftest import sample_records, write_jsonl
 from rwft.errors import RwftError
-from rwft.train.weighted import TrainConfig, train
+from rwft.train.trainers import TrainConfig, train
 
 
 @pytest.fixture
@@ -118,7 +118,8 @@ def test_the_cached_behaviour_figures_are_the_behaviour_models(tmp_path, twelve)
     from rwft.train.qsft import prepare
 
     config = _config(twelve, tmp_path / "o", behaviour_model="tiny", qsft_top_k=4)
-    (data, stats, behaviour), _ = prepare(config, load_tokenizer("tiny"))
+    prepared = prepare(config, load_tokenizer("tiny"))
+    data, stats, behaviour = prepared.data, prepared.stats, prepared.extras["behaviour"]
     assert len(data) == stats.kept == 12 and behaviour.is_dir()
     row = data[3]
     ids, ti = torch.as_tensor(row["input_ids"]), np.asarray(row["turn_index"])
@@ -152,7 +153,7 @@ def test_rewards_outside_the_unit_interval_are_refused_with_the_file_named(tmp_p
 
 def test_rescaling_maps_the_returns_onto_the_unit_interval(tmp_path):
     from rwft.data.dataset import read_dataset
-    from rwft.data.weighting import qsft_turn_rewards
+    from rwft.train.qsft import qsft_turn_rewards
 
     records = sample_records(4)
     for r, ret in zip(records, (-20.0, -7.0, -3.0, -12.0), strict=True):

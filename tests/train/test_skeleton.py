@@ -8,7 +8,7 @@ import pytest
 
 from rwft.cli import main
 from rwft.train.dpo import DpoConfig
-from rwft.train.weighted import TrainConfig, train
+from rwft.train.trainers import TrainConfig, train
 
 
 def test_a_run_prints_summary_lines_and_no_per_step_dicts(tmp_path, sample_path, capsys):
@@ -32,7 +32,7 @@ def test_tensorboard_events_go_to_each_runs_own_directory(tmp_path, sample_path)
 
 
 def test_a_trl_users_yaml_carries_over_and_every_trainingarguments_option_parses(tmp_path, sample_path, monkeypatch):
-    import rwft.train.weighted as weighted
+    import rwft.train.trainers as weighted
 
     seen = {}
     monkeypatch.setattr(weighted, "train", lambda config: seen.setdefault("config", config))

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from conftest import sample_records, write_jsonl
-from rwft.train.weighted import TrainConfig, train
+from rwft.train.trainers import TrainConfig, train
 
 HERE = Path(__file__).parents[1]  # tests/, where grad_probe.py is
 

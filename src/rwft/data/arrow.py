@@ -31,7 +31,7 @@ def data_cache_dir() -> Path:
     return cache_dir() / "data"
 
 
-def _digest(*parts: Any) -> str:
+def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -124,7 +124,7 @@ def read_dataset(path: str | Path, agent_role: str = "assistant", require_reward
     p = Path(path).resolve()
     if not p.exists():
         raise RwftError(f"{path}: no such file or directory")
-    key = _digest(READ_VERSION, str(p), _source_stamp(p), agent_role, require_reward)
+    key = digest(READ_VERSION, str(p), _source_stamp(p), agent_role, require_reward)
     target = data_cache_dir() / f"conversations-{key}.arrow"
     if not target.exists():
         count = []

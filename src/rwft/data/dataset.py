@@ -8,9 +8,9 @@ Three stages, each cached on disk under ``$RWFT_CACHE/data`` (default ``~/.cache
    Key: the data key, a hash of the tokenizer (vocab, merges, chat template, special tokens), max_length,
    agent role, the encoder's source and the tokenizers / transformers versions. Written into a temporary
    directory and renamed, so a killed or concurrent run never reuses half a cache.
-3. ``column_turn_weights``: the objective's weight of each agent turn, from the ``reward``,
-   ``context_id``, ``turn_rewards`` and ``turn_mask`` columns, vectorized with numpy (equal to the pure
-   functions of ``rwft.objectives.weights``); not cached, it takes about a second for a million rows.
+3. ``column_turn_weights`` (``data.weighting``): the objective's weight of each agent turn, by its registry
+   entry's weight function over the ``reward``, ``context_id``, ``turn_rewards`` and ``turn_mask`` columns;
+   not cached.
 
 ``prepare_training_data`` chains them; ``WeightedCollator`` (``rwft.train.collate``) turns
 ``turn_weights[turn_index]`` into per-token weights at batch time, so weights cannot be attached to the
@@ -20,7 +20,6 @@ wrong sequence.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -31,20 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from rwft.data.arrow import _digest, data_cache_dir, read_dataset
+from rwft.data.arrow import data_cache_dir, digest, read_dataset
 from rwft.data.conversation import Conversation
 from rwft.data.io import iter_conversations
-from rwft.data.weighting import (  # noqa: F401 (turn_weights and the column functions re-exported)
-    OBJECTIVES,
-    _group_codes,
-    _list_parts,
-    _turn_weights,
-    column_turn_weights,
-    filtered_columns,
-    reward_to_go_columns,
-    swift_columns,
-    turn_weights,
-)
+from rwft.data.weighting import column_turn_weights, list_column, turn_weights, weighted_objective
 from rwft.errors import RwftError
 from rwft.presets import build_atomically, quiet_hf
 
@@ -52,40 +41,12 @@ ENCODE_VERSION = "e1"
 SMALL_DATA = 2000  # below this many conversations, tokenize in this process
 
 __all__ = [
-    "OBJECTIVES", "EncodeStats", "build_sequences", "column_turn_weights", "data_cache_dir", "encode_dataset",
+    "EncodeStats", "build_sequences", "column_turn_weights", "data_cache_dir", "encode_dataset",
     "iter_conversations", "prepare_training_data", "read_dataset", "tokenizer_fingerprint", "turn_weights",
 ]
 
 
 # ----------------------------------------------------------------------------------------------- encoding
-
-
-def _encoder():
-    """``encode_conversation(tokenizer, messages, max_length, agent_role, tools) -> Encoded | None`` with
-    ``input_ids``, ``turn_index`` and ``truncated``; adapts the older (conversation, turn_weights) form."""
-    from rwft.data import encode as E
-
-    params = inspect.signature(E.encode_conversation).parameters
-    if "turn_weights" not in params:
-        return E.encode_conversation
-
-    def adapted(tokenizer, messages, max_length, agent_role="assistant", tools=None):
-        conv = Conversation(messages, None, "", "")
-        n = len(conv.agent_turns(agent_role))
-        enc = E.encode_conversation(tokenizer, conv, [float(k + 1) for k in range(n)], max_length, agent_role)
-        if enc is None:
-            return None
-        ti = [int(w) - 1 if m else -1 for m, w in zip(enc.agent_mask, enc.token_weights, strict=True)]
-        return _Encoded(enc.input_ids, ti, enc.truncated)
-
-    return adapted
-
-
-@dataclass
-class _Encoded:
-    input_ids: list[int]
-    turn_index: list[int]
-    truncated: bool
 
 
 def _encoder_source_hash() -> str:
@@ -114,11 +75,7 @@ def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, agent_role
 
     conversations = [json.loads(m) for m in batch["messages"]]
     tools = [json.loads(t) if t is not None else None for t in batch["tools"]]
-    if hasattr(E, "encode_batch"):  # one batched tokenizer call for the whole map batch
-        encoded = E.encode_batch(tokenizer, conversations, max_length, agent_role, tools)
-    else:
-        encode = _encoder()
-        encoded = [encode(tokenizer, m, max_length, agent_role, t) for m, t in zip(conversations, tools, strict=True)]
+    encoded = E.encode_batch(tokenizer, conversations, max_length, agent_role, tools)  # one tokenizer call
     out: dict[str, list] = {k: [] for k in
                             ("input_ids", "turn_index", "length", "agent_tokens", "turn_tokens", "truncated",
                              "too_long")}
@@ -185,7 +142,7 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
     objective; cached under ``$RWFT_CACHE/data/encoded-<key>/`` (see the module docstring), written into a
     temporary directory renamed on success, so concurrent or killed runs never see half of it.
     """
-    key = _digest(ENCODE_VERSION, ds._fingerprint, tokenizer_fingerprint(tokenizer), max_length, agent_role,
+    key = digest(ENCODE_VERSION, ds._fingerprint, tokenizer_fingerprint(tokenizer), max_length, agent_role,
                   _encoder_source_hash(), _versions())
     target = data_cache_dir() / f"encoded-{key}"
     if (target / "done.json").exists():
@@ -272,16 +229,15 @@ def prepare_training_data(
     """
     import pyarrow as pa
 
-    if objective not in OBJECTIVES:
-        raise RwftError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    weighted_objective(objective)
     raw = read_dataset(path, agent_role, require_reward=True)
-    offsets, values = column_turn_weights(raw, objective, top_k, threshold, gamma)
+    offsets, values = column_turn_weights(raw, objective, top_k, threshold, gamma, source=str(path))
     enc = encode_dataset(raw, tokenizer, max_length, agent_role, num_proc)
     cols = enc.with_format("arrow").select_columns(["length", "truncated", "too_long", "turn_tokens"])[:]
     length = cols.column("length").to_numpy().astype(np.int64)
     truncated = cols.column("truncated").to_numpy(zero_copy_only=False)
     too_long = cols.column("too_long").to_numpy(zero_copy_only=False)
-    tt_offsets, turn_tokens = _list_parts(cols.column("turn_tokens"))
+    tt_offsets, turn_tokens = list_column(cols.column("turn_tokens"))
     if not np.array_equal(tt_offsets, offsets):
         raise RwftError("internal: the encoder's agent turns disagree with the conversation's")
     rows = np.repeat(np.arange(len(raw)), np.diff(offsets))
@@ -305,10 +261,10 @@ def prepare_training_data(
         )
     weights = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.float32()))
     out = enc.select_columns(["input_ids", "turn_index", "length"]).add_column(
-        "turn_weights", weights, new_fingerprint=_digest(enc._fingerprint, objective, top_k, threshold, gamma))
+        "turn_weights", weights, new_fingerprint=digest(enc._fingerprint, objective, top_k, threshold, gamma))
     if with_row:
         out = out.add_column("row", pa.array(np.arange(len(raw), dtype=np.int64)),
-                             new_fingerprint=_digest(out._fingerprint, "row"))
+                             new_fingerprint=digest(out._fingerprint, "row"))
     if not kept.all():
         out = out.select(np.nonzero(kept)[0])
     return out.with_format("numpy"), stats
@@ -319,7 +275,8 @@ def build_sequences(
 ) -> tuple[list[dict[str, Any]], EncodeStats]:
     """In-memory variant for small lists of conversations: rows with ``input_ids``, ``turn_index``,
     ``turn_weights`` and ``length``; those with no weight or that cannot fit are dropped (counted)."""
-    encode = _encoder()
+    from rwft.data.encode import encode_conversation as encode
+
     stats = EncodeStats(conversations=len(convs))
     rows = []
     for conv, w in zip(convs, weights, strict=True):

@@ -97,3 +97,8 @@ def get(name: str, **only: Any) -> Objective:
     if name not in allowed:
         raise ValueError(f"unknown objective {name!r}; expected one of {', '.join(allowed)}")
     return OBJECTIVES[name]
+
+
+def describe(chosen: tuple[str, ...]) -> str:
+    """One line per objective for a help text: ``name: help``."""
+    return "; ".join(f"{n}: {OBJECTIVES[n].help}" for n in chosen)

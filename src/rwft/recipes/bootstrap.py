@@ -44,12 +44,13 @@ from rwft.errors import RwftError
 
 DEFAULTS: dict[str, Any] = {
     "skill": "mixed", "contexts": 100, "samples_per_context": 2, "epochs": 5.0, "learning_rate": 2e-3,
-    "batch_size": 8, "max_new_tokens": 48,
+    "batch_size": 8, "max_new_tokens": 48, "max_length": 512,
 }
 """Defaults of the options left unset (None), for an environment without its own in ENV_DEFAULTS."""
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "mcqa": {"epochs": 8.0, "batch_size": 4},
     "twenty-questions": {"skill": "1", "contexts": 200, "epochs": 4.0, "batch_size": 4, "max_new_tokens": 16},
+    "tod": {"max_length": 1024, "max_new_tokens": 96},
 }
 """Per-environment defaults over DEFAULTS (see the module docstring for why)."""
 
@@ -77,8 +78,9 @@ class BootstrapConfig:
     """SFT learning rate (unset: 2e-3, high because the tiny preset starts from random weights)"""
     batch_size: int | None = None
     """SFT batch size (unset: 4 for mcqa and twenty-questions, else 8)"""
-    max_length: int = 512
-    """SFT max tokens per conversation"""
+    max_length: int | None = None
+    """SFT max tokens per conversation (unset: 1024 for tod, whose tool schemas and calls are long in the tiny
+    preset's tokens, else 512)"""
     eval_contexts: int = 32
     """held-out contexts on which pi_0 is measured (16 left the best-of-4 of one pi_0 varying by +-0.2)"""
     best_of: int = 4
@@ -86,7 +88,7 @@ class BootstrapConfig:
     temperature: float = 1.0
     """sampling temperature of pi_0's rollouts"""
     max_new_tokens: int | None = None
-    """tokens per agent turn in pi_0's rollouts (unset: 16 for twenty-questions, else 48)"""
+    """tokens per agent turn in pi_0's rollouts (unset: 16 for twenty-questions, 96 for tod, else 48)"""
     seed: int = 0
     """seed of the scripted data, the training and the rollouts"""
     progress: bool = True
@@ -138,7 +140,7 @@ def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
     from rwft.presets import locate_model
     from rwft.rollout.collect import CollectConfig, run_collect
     from rwft.rollout.envs.base import make_env
-    from rwft.train.weighted import TrainConfig, train
+    from rwft.train.trainers import TrainConfig, train
 
     config = resolve_defaults(config)
     if config.best_of < 1 or config.eval_contexts < 1:

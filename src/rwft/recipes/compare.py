@@ -19,10 +19,10 @@ per-turn labels in ``recipes.logs``):
 5. ``report/``: table.md / table.csv (mean ± 95% CI over seeds per metric, training time, peak memory),
    reward.png, training.png, report.html (see ``rwft.eval.report``).
 
-Methods (``METHODS``, one entry each): base, sft, star-gate (filtered, top-1 per context), star-gate-d
-(star-gate plus distillation toward pi_0), refit, swift, dpo (final answer), stepdpo, per-turn (reward-to-go of
-turn rewards by redistribution, labelled once into ``logs-per-turn.jsonl`` by ``--per-turn-judge``) and qsft
-(Q-SFT, its behaviour policy the same seed's sft cell when there is one; played by policy extraction).
+Methods (``METHODS``): base and every offline objective of ``objectives.registry`` by its row name: sft,
+star-gate (filtered, top-1 per context), refit, swift, per-turn (turn rewards by redistribution, labelled once
+into ``logs-per-turn.jsonl`` by ``--per-turn-judge``), star-gate-d, qsft (its behaviour policy the same seed's
+sft cell when there is one; played by policy extraction), dpo (final answer) and stepdpo.
 The weighted objectives train on random batches by default (``group_by_length``); DPO / StepDPO may get
 their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
 other method) says whether its reward interval lies above ("beats"), below, or overlaps the other's.
@@ -45,22 +45,10 @@ from typing import Any
 
 from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
+from rwft.objectives.registry import OBJECTIVES, Objective
 
-# One row per method: how it trains from pi_0. "objective": rwft train's --objective; "dpo": rwft dpo's --level;
-# "data": "per-turn" trains on the logs with turn rewards by redistribution (OUTPUT/logs-per-turn.jsonl);
-# {}: untrained (pi_0 itself). A new method is one line here.
-METHODS: dict[str, dict[str, str]] = {
-    "base": {},
-    "sft": {"objective": "sft"},
-    "star-gate": {"objective": "filtered"},
-    "star-gate-d": {"objective": "star-gate-d"},
-    "dpo": {"dpo": "final"},
-    "stepdpo": {"dpo": "step"},
-    "refit": {"objective": "refit"},
-    "swift": {"objective": "swift"},
-    "per-turn": {"objective": "per-turn", "data": "per-turn"},
-    "qsft": {"objective": "qsft"},
-}
+# One row per method: "base" (pi_0 untrained) and every offline objective of the registry, by its row name.
+METHODS: dict[str, Objective | None] = {"base": None, **{o.row: o for o in OBJECTIVES.values() if o.offline}}
 
 
 @dataclass
@@ -170,19 +158,19 @@ def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0
                   learning_rate=config.learning_rate, per_device_train_batch_size=config.batch_size,
                   max_length=config.max_length, seed=seed, report_to="none", save_steps=10**6, disable_tqdm=True,
                   lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha, merge_lora=config.lora)
-    spec = METHODS[method]
-    if "dpo" in spec:
+    entry = METHODS[method]
+    if entry.trainer == "dpo":
         from rwft.train.dpo import DpoConfig
 
         common["learning_rate"] = config.dpo_learning_rate or config.learning_rate
-        return DpoConfig(level=spec["dpo"], beta=config.beta, **common)
+        return DpoConfig(beta=config.beta, **entry.settings, **common)
     from rwft.train.weighted import TrainConfig
 
     extra = {}
-    if spec["objective"] == "qsft":
+    if entry.trainer == "qsft":
         extra = dict(qsft_beta=config.qsft_beta, behaviour_model=behaviour)
-    return TrainConfig(objective=spec["objective"], group_by_length=config.group_by_length, gamma=config.gamma,
-                       **extra, **common)
+    return TrainConfig(objective=entry.name, group_by_length=config.group_by_length, gamma=config.gamma,
+                       **entry.settings, **extra, **common)
 
 
 def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str, cell: Path) -> str:
@@ -190,13 +178,13 @@ def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: st
     if not METHODS[method]:
         return pi0
     from rwft.train.dpo import run_dpo
-    from rwft.train.weighted import train
+    from rwft.train.trainers import train
 
     sft = cell.parent / f"sft-s{seed}"
     behaviour = str(sft / "model") if (sft / "result.json").exists() and (sft / "model" / "config.json").exists() \
         else None
     trainer = trainer_config(config, method, seed, data, pi0, str(cell / "model"), behaviour)
-    (run_dpo if "dpo" in METHODS[method] else train)(trainer)
+    (run_dpo if METHODS[method].trainer == "dpo" else train)(trainer)
     return str(cell / "model")
 
 
@@ -316,13 +304,14 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     pi0 = make_pi0(config, out)
     data = collect_logs(config, pi0, out)
     datasets = {"": data}
-    if any(METHODS[m].get("data") == "per-turn" for m in config.methods):
+    if any(METHODS[m] and METHODS[m].turn_credit for m in config.methods):
         datasets["per-turn"] = label_per_turn(config, data, out)
     results, judged, judge = [], [], {}
     for seed in config.seeds:
         for method in config.methods:
             resumed = (out / "cells" / f"{method}-s{seed}" / "result.json").exists()
-            results.append(run_cell(config, method, seed, datasets[METHODS[method].get("data", "")], pi0, out))
+            data_of = datasets["per-turn" if METHODS[method] and METHODS[method].turn_credit else ""]
+            results.append(run_cell(config, method, seed, data_of, pi0, out))
             if config.quality_judge:
                 judged += add_quality(config, results[-1], out, judge)
             print(cell_line(results[-1], resumed), flush=True)

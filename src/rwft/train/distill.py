@@ -17,8 +17,8 @@ from contextlib import nullcontext
 
 import torch
 
-from rwft.train import weighted
-from rwft.train.weighted import TrainConfig, WeightedTrainer
+from rwft.train import skeleton, weighted
+from rwft.train.weighted import TrainConfig, WeightedTrainer, model_inputs
 
 
 class DistillTrainer(WeightedTrainer):
@@ -44,26 +44,24 @@ class DistillTrainer(WeightedTrainer):
         finally:
             net.train(was_training)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def loss(self, model, inputs, num_items_in_batch):
+        """``distill_nll``: (1 - lam) NLL + lam T^2 KL(pi_0 at T || pi at T) on the weighted tokens."""
         from rwft.objectives.losses import distill_nll
 
-        weights = inputs.pop("token_weights")
-        labels = inputs.pop("labels")
-        teacher = self.teacher_logits(model, inputs)
-        outputs = model(**inputs)
+        weights, labels = inputs["token_weights"], inputs["labels"]
+        x = model_inputs(inputs)
+        teacher = self.teacher_logits(model, x)
+        outputs = model(**x)
         args = self.args
         loss = distill_nll(outputs.logits, teacher, labels, weights, num_items_in_batch,
                            args.distill_weight, args.distill_temperature)
-        if args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         with torch.no_grad():  # the plain KL(pi_0 || pi) at T = 1 on the trained tokens, for the step log
             mask = (labels[:, 1:] != -100) & (weights[:, 1:] != 0)
             lp = torch.log_softmax(outputs.logits[:, :-1][mask].float(), -1)
             lq = torch.log_softmax(teacher[:, :-1][mask].float(), -1)
             self._kl_sum += float((lq.exp() * (lq - lp)).sum())
             self._kl_tokens += int(mask.sum())
-        self._stats.add(labels, weights, inputs["attention_mask"])
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs, weights
 
     def log(self, logs, start_time=None):
         if "loss" in logs:
@@ -72,15 +70,15 @@ class DistillTrainer(WeightedTrainer):
         super().log(logs, start_time)
 
 
-def prepare(config: TrainConfig, tokenizer):
-    """The filtered (STaR-GATE) data of ``rwft train``; raises RwftError before anything is written."""
-    prepared, summary = weighted.prepare(config, tokenizer, objective="filtered")
-    summary += (f" + distillation toward pi_0 (weight {config.distill_weight}, "
-                f"temperature {config.distill_temperature})")
-    return prepared, summary
+def prepare(config: TrainConfig, tokenizer) -> skeleton.Prepared:
+    """The data of ``rwft train`` weighted by the star-gate-d entry (filtered's weights)."""
+    prepared = weighted.prepare(config, tokenizer)
+    prepared.summary += (f" + distillation toward pi_0 (weight {config.distill_weight}, "
+                         f"temperature {config.distill_temperature})")
+    return prepared
 
 
-def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> DistillTrainer:
+def make_trainer(config: TrainConfig, model, tokenizer, prepared: skeleton.Prepared, callbacks) -> DistillTrainer:
     from rwft.presets import load_model
 
     teacher = None
@@ -88,3 +86,6 @@ def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> 
         teacher = load_model(config.model, config.trust_remote_code).eval().requires_grad_(False)
     return weighted.make_trainer(config, model, tokenizer, prepared, callbacks, trainer_cls=DistillTrainer,
                                  teacher=teacher)
+
+
+RECIPE = skeleton.Recipe(prepare, make_trainer)

@@ -50,7 +50,7 @@ class DpoConfig(skeleton.RunArguments, DPOConfig):
         super().__post_init__()
 
 
-def prepare(config: DpoConfig, tokenizer):
+def prepare(config: DpoConfig, tokenizer) -> skeleton.Prepared:
     """Load the data and build the pairs; raises RwftError (before anything is written) when there are none."""
     from rwft.data.io import load_conversations
     from rwft.data.pairs import build_pairs
@@ -67,7 +67,7 @@ def prepare(config: DpoConfig, tokenizer):
                f"{stats.contexts} contexts; skipped: {stats.skipped_single_sample} single-sample, "
                f"{stats.skipped_no_gap} no reward gap, {stats.skipped_all_same_side} all on one side, "
                f"{stats.skipped_identical_turns} identical turns")
-    return (pairs, stats), summary
+    return skeleton.Prepared(pairs, stats, summary)
 
 
 def make_trainer(config: DpoConfig, model, tokenizer, prepared, callbacks):
@@ -77,7 +77,7 @@ def make_trainer(config: DpoConfig, model, tokenizer, prepared, callbacks):
 
     from rwft.data.io import write_jsonl_atomic
 
-    pairs, stats = prepared
+    pairs, stats = prepared.data, prepared.stats
     out = Path(config.output_dir)
     if config.process_index == 0:
         write_jsonl_atomic(out / "pairs.jsonl", pairs)
@@ -89,4 +89,4 @@ def make_trainer(config: DpoConfig, model, tokenizer, prepared, callbacks):
 
 def run_dpo(config: DpoConfig, callbacks: list | None = None) -> Path:
     """Train by DPO / StepDPO as configured and return the run directory."""
-    return skeleton.run(config, prepare, make_trainer, "dpo", callbacks)
+    return skeleton.run(config, skeleton.Recipe(prepare, make_trainer), "dpo", callbacks)

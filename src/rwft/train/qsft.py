@@ -15,7 +15,7 @@ Three models from the same pretrained weights (``--model``):
   optimizer step, saved in every checkpoint (``qsft_target.safetensors``) and restored on resume. One
   no-grad target forward per batch gives p_bar at every next state of the batch.
 
-Rewards (``data.weighting.qsft_turn_rewards``): per agent turn, message-level rewards where the data has
+Rewards (``qsft_turn_rewards``): per agent turn, message-level rewards where the data has
 them, else the conversation's reward on its last agent turn; they must lie in [0, 1] or
 ``--rescale-rewards`` maps the returns onto it. Targets, transitions and the loss are
 ``objectives.qsft``'s. The loss is the paper's weighted cross-entropy: weight B on the logged token and
@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from rwft.data.arrow import _digest
+from rwft.data.arrow import digest
 from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.objectives.qsft import SUPPORT_MIN_PROB, bellman_targets, next_state_values, polyak_, qsft_loss, transitions
 from rwft.train import skeleton, weighted
-from rwft.train.weighted import TrainConfig, WeightedTrainer
+from rwft.train.weighted import TrainConfig, WeightedTrainer, model_inputs
 
 CACHE_VERSION = "q1"
 TARGET_FILE = "qsft_target.safetensors"
@@ -56,13 +56,12 @@ Q_ZERO = {"target": 0.0, "ratio": 0.0, "next": 0.0, "n": 0, "n_next": 0}
 # ---------------------------------------------------------------------------------------------- the data
 
 
-def prepare(config: TrainConfig, tokenizer):
+def prepare(config: TrainConfig, tokenizer) -> skeleton.Prepared:
     """Rewards checked (before anything is written), data tokenized, behaviour policy trained or given, its
-    figures cached; returns ((dataset, stats, behaviour_dir), summary)."""
+    figures cached; the behaviour model's directory is ``extras["behaviour"]``."""
     import pyarrow as pa
 
     from rwft.data.dataset import prepare_training_data, read_dataset
-    from rwft.data.weighting import qsft_turn_rewards
 
     raw = read_dataset(config.data, config.agent_role, require_reward=True)
     offsets, values = qsft_turn_rewards(raw, config.data, config.rescale_rewards)
@@ -76,7 +75,7 @@ def prepare(config: TrainConfig, tokenizer):
     rows = data.with_format("arrow")["row"]
     data = data.with_format(None).add_column(
         "turn_rewards", rewards.take(rows),
-        new_fingerprint=_digest(data._fingerprint, hashlib.sha256(values.tobytes()).hexdigest()))
+        new_fingerprint=digest(data._fingerprint, hashlib.sha256(values.tobytes()).hexdigest()))
     behaviour = Path(config.behaviour_model and _resolve(config.behaviour_model) or train_behaviour(config))
     cache = behaviour_cache(data, behaviour, config.qsft_top_k)
     import datasets
@@ -87,7 +86,49 @@ def prepare(config: TrainConfig, tokenizer):
         data = datasets.concatenate_datasets([data, cache], axis=1).with_format("numpy")
     summary = (f"{stats.kept} of {stats.conversations} conversations, {stats.agent_tokens} agent tokens "
                f"({stats.truncated} truncated, {stats.too_long} too long); objective qsft, behaviour {behaviour}")
-    return (data, stats, behaviour), summary
+    return skeleton.Prepared(data, stats, summary, {"behaviour": behaviour})
+
+
+def qsft_turn_rewards(ds, path, rescale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Q-SFT's reward of every agent turn of every row of a ``read_dataset`` dataset: ``(offsets, values)``.
+
+    The turn rewards are ``Conversation.turn_rewards`` (message-level rewards where the data has them, else
+    the conversation's reward on its last agent turn). Q-SFT needs returns in [0, 1]: without ``rescale``
+    every conversation's return (the sum of its turn rewards) must lie in [0, 1] and every turn reward in
+    [-1, 1], else RwftError naming the file, the record and the value. With ``rescale`` the returns are mapped
+    affinely onto [0, 1] (lowest return in the data -> 0, highest -> 1): every turn reward is divided by
+    (hi - lo) and -lo / (hi - lo) is added on each conversation's last agent turn."""
+    from rwft.data.weighting import arrow_table, list_column
+
+    table = arrow_table(ds)
+    offsets, values = list_column(table.column("turn_rewards"))
+    lengths = np.diff(offsets)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    returns = np.bincount(rows, weights=values, minlength=len(lengths))
+    has = lengths > 0
+
+    def where(i: int) -> str:
+        return f"{path}: conversation {i + 1} (id {table.column('id')[i].as_py()!r})"
+
+    if not rescale:
+        bad = np.nonzero(has & ((returns < 0) | (returns > 1)))[0]
+        if len(bad):
+            i = int(bad[0])
+            raise RwftError(f"{where(i)}: reward {returns[i]:g} outside [0, 1]; Q-SFT needs rewards in [0, 1] "
+                            "(scale them, or pass --rescale-rewards to map the data's returns onto [0, 1])")
+        bad = np.nonzero((values < -1) | (values > 1))[0]
+        if len(bad):
+            i = int(rows[bad[0]])
+            raise RwftError(f"{where(i)}: turn reward {values[bad[0]]:g} outside [-1, 1]; Q-SFT needs rewards in "
+                            "[0, 1] (scale them, or pass --rescale-rewards)")
+        return offsets, values
+    lo, hi = (float(returns[has].min()), float(returns[has].max())) if has.any() else (0.0, 0.0)
+    if hi - lo < 1e-12:
+        raise RwftError(f"{path}: --rescale-rewards: every conversation has the same return ({lo:g}); "
+                        "there is nothing to learn from")
+    values = values / (hi - lo)
+    values[offsets[1:][has] - 1] += -lo / (hi - lo)
+    return offsets, values
 
 
 def _resolve(name: str) -> str:
@@ -105,7 +146,7 @@ def train_behaviour(config: TrainConfig) -> Path:
     if (out / "model.safetensors").exists():
         skeleton.check_config(out, sft.resolved())
         return out
-    skeleton.run(sft, weighted.prepare, weighted.make_trainer, "behaviour")
+    skeleton.run(sft, weighted.RECIPE, "behaviour")
     from transformers import set_seed
 
     set_seed(config.seed)  # the outer run's random state as if the behaviour had been there (LoRA init)
@@ -129,7 +170,7 @@ def behaviour_cache(data, behaviour: Path, k: int):
     from rwft.data.arrow import data_cache_dir
     from rwft.presets import build_atomically
 
-    key = _digest(CACHE_VERSION, data._fingerprint, str(behaviour), _model_stamp(behaviour), k,
+    key = digest(CACHE_VERSION, data._fingerprint, str(behaviour), _model_stamp(behaviour), k,
                           SUPPORT_MIN_PROB)
     target = data_cache_dir() / f"qsft-behaviour-{key}"
     if not (target / "cache.arrow").exists():
@@ -269,18 +310,20 @@ class QTrainer(WeightedTrainer):
             weights = {n: t.detach().contiguous().cpu() for n, t in self._target.items()}
             save_file(weights, str(Path(output_dir) / TARGET_FILE))
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def loss(self, model, inputs, num_items_in_batch):
+        """``qsft_loss`` with the Bellman targets B of the batch's logged tokens (target network, no grad)."""
         from torch.func import functional_call
 
-        labels, nxt, reward, disc = (inputs.pop(k) for k in ("labels", "q_next", "q_reward", "q_discount"))
-        phi_logp, phi_ids, phi_lp = (inputs.pop(k) for k in ("phi_logp", "phi_ids", "phi_lp"))
+        labels, nxt, reward, disc = (inputs[k] for k in ("labels", "q_next", "q_reward", "q_discount"))
+        phi_logp, phi_ids, phi_lp = (inputs[k] for k in ("phi_logp", "phi_ids", "phi_lp"))
+        x = model_inputs(inputs)
         mask = labels != -100
         state = mask[:, 1:]  # the logits at t - 1 give p(. | s_t) for the agent token at t
         with torch.no_grad():
             training = self.model.training
             self.model.eval()  # the target without dropout
             try:
-                bar = functional_call(self.model, self._ensure_target(), args=(), kwargs=inputs).logits
+                bar = functional_call(self.model, self._ensure_target(), args=(), kwargs=x).logits
             finally:
                 self.model.train(training)
             bar = bar[:, :-1][state].float()
@@ -290,18 +333,15 @@ class QTrainer(WeightedTrainer):
             values = torch.zeros_like(reward)
             values[mask] = v
             targets = bellman_targets(reward, disc, nxt, values) * mask
-        outputs = model(**inputs)
+        outputs = model(**x)
         loss, logp_a = qsft_loss(outputs.logits[:, :-1][state], labels[mask], targets[mask], num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        self._stats.add(labels, targets, inputs["attention_mask"])
         q = self._q
         q["target"] += float(targets[mask].sum())
         q["ratio"] += float(torch.exp(logp_a.detach() - phi_logp[mask]).sum())
         has_next = mask & (nxt >= 0)
         q["next"] += float(values.gather(-1, nxt.clamp(min=0))[has_next].sum())
         q["n"], q["n_next"] = q["n"] + int(mask.sum()), q["n_next"] + int(has_next.sum())
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs, targets
 
     def log(self, logs, start_time=None):
         if "loss" in logs:
@@ -320,10 +360,13 @@ def write_qsft_json(config: TrainConfig, behaviour: Path) -> None:
     write_text_atomic(Path(config.output_dir) / "qsft.json", json.dumps(info, indent=1) + "\n")
 
 
-def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks) -> QTrainer:
-    behaviour = prepared[2]
+def make_trainer(config: TrainConfig, model, tokenizer, prepared: skeleton.Prepared, callbacks) -> QTrainer:
+    behaviour = prepared.extras["behaviour"]
     if config.process_index == 0:
         write_qsft_json(config, behaviour)
     return weighted.make_trainer(config, model, tokenizer, prepared, callbacks, trainer_cls=QTrainer,
                                  collator=QCollator(tokenizer.pad_token_id, config.gamma, config.qsft_top_k),
                                  polyak=config.polyak)
+
+
+RECIPE = skeleton.Recipe(prepare, make_trainer)

@@ -223,13 +223,34 @@ def add_lora(model, config: RunArguments):
         return get_peft_model(model, lora)
 
 
-def run(config: RunArguments, prepare: Callable, make_trainer: Callable, name: str,
-        callbacks: list | None = None) -> Path:
-    """Train as configured and return the run directory; resumes when it holds a checkpoint.
+@dataclass
+class Prepared:
+    """What a trainer's ``prepare`` hands to its ``make_trainer``."""
 
-    ``prepare(config, tokenizer) -> (data, summary)`` loads, checks and encodes the data (raising
-    RwftError before anything is written); ``make_trainer(config, model, tokenizer, data, callbacks)``
-    returns a transformers Trainer (or a TRL one) ready to train."""
+    data: Any
+    """The training rows (a ``datasets.Dataset``)."""
+    stats: Any
+    """Counts of the encoding (``data.dataset.EncodeStats``): kept conversations, agent tokens, ..."""
+    summary: str
+    """One line for the terminal."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Whatever else the trainer needs (Q-SFT: its behaviour model)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A trainer as the skeleton runs it.
+
+    ``prepare(config, tokenizer) -> Prepared`` loads, checks and encodes the data (raising RwftError before
+    anything is written); ``make_trainer(config, model, tokenizer, prepared, callbacks)`` returns a
+    transformers Trainer (or a TRL one) ready to train."""
+
+    prepare: Callable[..., Prepared]
+    make_trainer: Callable[..., Any]
+
+
+def run(config: RunArguments, recipe: Recipe, name: str, callbacks: list | None = None) -> Path:
+    """Train as configured by ``recipe`` and return the run directory; resumes when it holds a checkpoint."""
     from transformers import PrinterCallback, ProgressCallback, set_seed
     from transformers.integrations import TensorBoardCallback
 
@@ -244,13 +265,13 @@ def run(config: RunArguments, prepare: Callable, make_trainer: Callable, name: s
     with quiet_hf() if quiet else nullcontext():
         tokenizer = load_tokenizer(config.model, config.trust_remote_code)
         with config.main_process_first(desc="rwft data"):
-            data, summary = prepare(config, tokenizer)
+            prepared = recipe.prepare(config, tokenizer)
         model = load_model(config.model, config.trust_remote_code)
         if config.lora:
             model = add_lora(model, config)
-        say(f"rwft {name}: {summary}; model {config.model}")
+        say(f"rwft {name}: {prepared.summary}; model {config.model}")
         write_config(out, resolved)
-        trainer = make_trainer(config, model, tokenizer, data,
+        trainer = recipe.make_trainer(config, model, tokenizer, prepared,
                                [StepLog(out / "train_log.jsonl"), LossBar(f"rwft {name}"), *(callbacks or [])])
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

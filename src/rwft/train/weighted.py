@@ -1,34 +1,35 @@
-"""``rwft train``: fit a causal LM to logged conversations by a reward-weighted objective.
+"""The weighted trainer of ``rwft train`` and its config: transformers' Trainer with one loss,
+``objectives.losses.weighted_nll``.
 
-The trainer is transformers' Trainer with one loss, ``objectives.losses.weighted_nll``; the weights come
-from ``data.dataset`` (one per agent turn, by the objective) and reach the tokens in the collator. The run
-directory, resume, LoRA and saving are the skeleton's (``train.skeleton``), so ``accelerate launch`` /
-``torchrun`` give DDP, FSDP or DeepSpeed unchanged.
+The weights come from ``data.weighting`` (one per agent turn, by the objective's registry entry) and reach the
+tokens in the collator. ``WeightedTrainer.compute_loss`` ends every trainer's loss the same way (scaling for
+several processes, step statistics); trainers with a loss of their own (``train.distill``, ``train.qsft``)
+override ``loss`` alone. The run directory, resume, LoRA and saving are the skeleton's (``train.skeleton``).
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from transformers import Trainer, TrainingArguments
 
 from rwft.errors import RwftError
+from rwft.objectives.registry import OBJECTIVES, describe, names
 from rwft.train import skeleton
+
+# rwft train's objectives: the registry's entries trained by a weighted-NLL trainer or one of its subclasses.
+TRAIN_OBJECTIVES = names(trainers=("weighted", "distill", "qsft"))
+ObjectiveName = Literal[TRAIN_OBJECTIVES]
 
 
 @dataclass
 class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """Options of ``rwft train``: rwft's own, then every option of transformers' TrainingArguments."""
 
-    objective: Literal["sft", "filtered", "refit", "swift", "per-turn", "qsft", "star-gate-d"] = "refit"
-    """How rewards become token weights: sft 1; filtered 1 for the top-k per context; refit r;
-    swift (r - context mean) / context std; per-turn the agent turn's discounted reward-to-go.
-    Two have losses of their own: qsft (Q-learning as SFT, train.qsft) and star-gate-d (filtered plus
-    distillation toward the starting model, train.distill)."""
+    objective: ObjectiveName = field(default="refit", metadata={"help": describe(TRAIN_OBJECTIVES)})
+    """The objective (objectives/registry.py), one of:"""
     max_length: int = 1024
     """Longest sequence in tokens; longer conversations lose their oldest exchanges (see data.encode)."""
     top_k: int = 1
@@ -95,16 +96,22 @@ class WeightedTrainer(Trainer):
         return n.sum() * self.tokens_per_conversation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from rwft.objectives.losses import weighted_nll
-
-        weights = inputs.pop("token_weights")
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        loss = weighted_nll(outputs.logits, labels, weights, num_items_in_batch)
+        """The objective's ``loss`` and what every trainer shares after it: the scaling for several processes
+        and the step statistics."""
+        loss, outputs, weights = self.loss(model, inputs, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        self._stats.add(labels, weights, inputs["attention_mask"])
+        self._stats.add(inputs["labels"], weights, inputs["attention_mask"])
         return (loss, outputs) if return_outputs else loss
+
+    def loss(self, model, inputs, num_items_in_batch):
+        """``(loss, outputs, token weights)`` of one batch: ``weighted_nll`` of the batch's token weights,
+        normalized by ``num_items_in_batch``. Trainers with a loss of their own override this alone."""
+        from rwft.objectives.losses import weighted_nll
+
+        outputs = model(**model_inputs(inputs))
+        weights = inputs["token_weights"]
+        return weighted_nll(outputs.logits, inputs["labels"], weights, num_items_in_batch), outputs, weights
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_length:
@@ -118,6 +125,11 @@ class WeightedTrainer(Trainer):
         if "loss" in logs:
             logs.update(self._stats.pop())
         super().log(logs, start_time)
+
+
+def model_inputs(inputs: dict) -> dict:
+    """The entries of a batch that the model's forward takes (the rest are the loss's)."""
+    return {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
 
 
 class _Stats:
@@ -154,49 +166,39 @@ class _Stats:
         return out
 
 
-def prepare(config: TrainConfig, tokenizer, objective: str | None = None):
-    """Load, check, weight and tokenize the data (Arrow, cached); raises RwftError before anything is written.
-    ``objective`` (default ``config.objective``) sets the weights, for trainers that reuse another's."""
+def prepare(config: TrainConfig, tokenizer) -> skeleton.Prepared:
+    """Load, check, weight (by the objective's registry entry) and tokenize the data (Arrow, cached); raises
+    RwftError before anything is written."""
     from rwft.data.dataset import prepare_training_data
 
-    objective = objective or config.objective
+    entry = OBJECTIVES[config.objective]
     data, stats = prepare_training_data(
-        config.data, tokenizer, objective=objective, agent_role=config.agent_role,
+        config.data, tokenizer, objective=entry.name, agent_role=config.agent_role,
         max_length=config.max_length, top_k=config.top_k, threshold=config.threshold, gamma=config.gamma,
         num_proc=config.dataset_num_proc,
     )
     summary = (f"{stats.kept} of {stats.conversations} conversations, {stats.agent_tokens} agent tokens "
                f"({stats.zero_weight} weigh 0, {stats.truncated} truncated, {stats.too_long} too long); "
-               f"objective {objective}")
-    return (data, stats), summary
+               f"objective {entry.name}")
+    return skeleton.Prepared(data, stats, summary)
 
 
-def make_trainer(config: TrainConfig, model, tokenizer, prepared, callbacks, trainer_cls: type | None = None,
-                 collator=None, **extra) -> WeightedTrainer:
+def make_trainer(config: TrainConfig, model, tokenizer, prepared: skeleton.Prepared, callbacks,
+                 trainer_cls: type | None = None, collator=None, **extra) -> WeightedTrainer:
     """The WeightedTrainer (or a subclass, ``trainer_cls``, with its ``collator`` and ``extra`` arguments) on the
     prepared data."""
     from rwft.train.collate import WeightedCollator
 
-    data, stats = prepared[:2]
     return (trainer_cls or WeightedTrainer)(
         model=model,
         args=config,
-        train_dataset=data,
+        train_dataset=prepared.data,
         data_collator=collator or WeightedCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        tokens_per_conversation=stats.agent_tokens / stats.kept,
+        tokens_per_conversation=prepared.stats.agent_tokens / prepared.stats.kept,
         callbacks=callbacks,
         **extra,
     )
 
 
-# Objectives with a loss of their own: the module that gives their ``prepare`` and ``make_trainer``.
-OWN_TRAINER = {"qsft": "rwft.train.qsft", "star-gate-d": "rwft.train.distill"}
-
-
-def train(config: TrainConfig, callbacks: list | None = None) -> Path:
-    """Train as configured and return the run directory. Resumes when the directory holds a checkpoint."""
-    if config.objective in OWN_TRAINER:
-        module = importlib.import_module(OWN_TRAINER[config.objective])
-        return skeleton.run(config, module.prepare, module.make_trainer, "train", callbacks)
-    return skeleton.run(config, prepare, make_trainer, "train", callbacks)
+RECIPE = skeleton.Recipe(prepare, make_trainer)
