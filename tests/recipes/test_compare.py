@@ -114,7 +114,7 @@ def test_inner_stages_run_quietly(monkeypatch, tmp_path):
     import rwft.eval.evaluate
     import rwft.recipes.bootstrap
     import rwft.rollout.collect
-    from rwft.recipes.logs import collect_logs, make_pi0
+    from rwft.recipes.pi0_and_logs import collect_logs, make_pi0
 
     seen = {}
     monkeypatch.setattr(rwft.rollout.collect, "run_collect", lambda c: seen.setdefault("collect", c))

@@ -11,21 +11,7 @@
    written to ``OUTPUT/bootstrap.json`` with the rollouts in ``OUTPUT/rollouts.jsonl``.
 
 Options left unset take per-environment defaults (``ENV_DEFAULTS`` over ``DEFAULTS``); values given
-explicitly always win. Measured on the tiny preset, one CPU thread (mean reward / best-of-4 on
-held-out contexts x 4 samples; about 4 minutes a run on a busy 2-core machine):
-
-- ``mcqa``: 8 epochs at batch 4 (400 optimizer steps). At the old 5 epochs x batch 8 (125 steps) pi_0
-  often missed the "The answer is X" format (arithmetic: 0.145 / 0.44 on 64 contexts); with the
-  defaults about 75% of its final turns have it (arithmetic 0.211 / 0.56 and OpenBookQA 0.211 / 0.56 on
-  32 contexts). The tiny model can neither do the arithmetic nor know the OpenBookQA facts, so its
-  letter is a guess: the mean stays near 0.8 x 0.25 and the spread comes from format and luck.
-- ``twenty-questions``: the data from the scripted agent at skill 1 rather than mixed, 200 contexts x 2,
-  4 epochs at batch 4, and 16 new tokens per turn (every action is a short question or guess). With
-  mixed skill pi_0 could not imitate the candidate tracking through random questions and won 3 of 64
-  games (-19.8 / -19.1); trained on skill 0.9 it won 16 of 64. At skill 1 the data are the 32 objects'
-  games of the scripted decision tree, which pi_0 imitates imperfectly: it wins about two games in
-  three, and samples of one task differ in length and outcome (seed 0: -10.9 / -7.3, seed 1: -11.6 /
-  -6.9, std 6.7-7.0, on 32 contexts). Half the steps (one sample per context) won 16 of 64.
+explicitly always win. Why each environment's defaults are what they are: docs/bootstrap.md.
 
 Every step resumes: a rerun with the same arguments skips what is done.
 """

@@ -1,7 +1,7 @@
 """``rwft compare``: every objective on one logged dataset, several seeds, one table.
 
 The pipeline, each stage a plain directory under ``OUTPUT`` so a rerun skips what is done (stages 1-2 and the
-per-turn labels in ``recipes.logs``):
+per-turn labels in ``recipes.pi0_and_logs``):
 
 1. ``pi0/`` (when ``--bootstrap-contexts`` > 0): the logging policy pi_0, made by ``rwft bootstrap`` (SFT of
    the tiny preset on scripted conversations of mixed quality, so its rollouts spread in reward).
@@ -92,8 +92,7 @@ class CompareConfig:
     learning_rate: float = 3e-4
     """Learning rate of every method."""
     dpo_learning_rate: float = 0.0
-    """Learning rate of DPO and StepDPO (0: --learning-rate). DPO diverges at rates that suit weighted SFT of the
-    tiny preset (measured on the demo: 2e-3 left it answering nothing), so the demo gives it its own."""
+    """Learning rate of DPO and StepDPO (0: --learning-rate); DPO may diverge at rates that suit weighted SFT."""
     batch_size: int = 8
     """Batch size (conversations for the weighted objectives, pairs for DPO)."""
     max_length: int = 512
@@ -292,7 +291,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     """Run (or finish) the comparison; print one line per cell and the table; return the report's files."""
     from rwft.eval.quality import episode_intervals
     from rwft.eval.report import write_report
-    from rwft.recipes.logs import collect_logs, label_per_turn, make_pi0
+    from rwft.recipes.pi0_and_logs import collect_logs, label_per_turn, make_pi0
 
     check_inputs(config)
     out = Path(config.output)

@@ -132,7 +132,7 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
 def run_experiment(config: SweepConfig) -> str:
     from rwft.eval.report import write_report
     from rwft.recipes.compare import CompareConfig, cell_line
-    from rwft.recipes.logs import make_pi0
+    from rwft.recipes.pi0_and_logs import make_pi0
 
     cells = config.cells()
     out = Path(config.output)
