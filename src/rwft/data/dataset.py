@@ -9,7 +9,8 @@ Three stages, each cached on disk under ``$RWFT_CACHE/data`` (default ``~/.cache
    agent role, the encoder's source and the tokenizers / transformers versions. Written into a temporary
    directory and renamed, so a killed or concurrent run never reuses half a cache.
 3. ``column_turn_weights`` (``data.weighting``): the objective's weight of each agent turn, by its registry
-   entry's weight function over the ``reward``, ``context_id``, ``turn_rewards`` and ``turn_mask`` columns;
+   entry's weight function over the ``reward``, ``context_id``, ``turn_rewards`` and ``turn_mask`` columns,
+   then scaled by the length normalization (``normalize_lengths``, from the encoder's ``turn_tokens``);
    not cached.
 
 ``prepare_training_data`` chains them; ``WeightedCollator`` (``rwft.train.collate``) turns
@@ -33,7 +34,14 @@ import numpy as np
 from rwft.data.arrow import data_cache_dir, digest, read_dataset
 from rwft.data.conversation import Conversation
 from rwft.data.io import iter_conversations
-from rwft.data.weighting import column_turn_weights, list_column, turn_weights, weighted_objective
+from rwft.data.weighting import (
+    column_turn_weights,
+    list_column,
+    normalize_lengths,
+    resolve_normalization,
+    turn_weights,
+    weighted_objective,
+)
 from rwft.errors import RwftError
 from rwft.presets import build_atomically, quiet_hf
 
@@ -204,6 +212,7 @@ class EncodeStats:
     agent_tokens: int = 0  # tokens that carry a non-zero weight (the ones with labels)
     tokens: int = 0
     dropped_ids: list[str] = field(default_factory=list)  # the too-long ones
+    length_normalization: str = "sum"  # the one applied to the turn weights (``auto`` resolved)
 
 
 def prepare_training_data(
@@ -216,11 +225,15 @@ def prepare_training_data(
     top_k: int = 1,
     threshold: float | None = None,
     gamma: float = 1.0,
+    length_normalization: str = "sum",
     num_proc: int | None = None,
     with_row: bool = False,
 ):
     """Read (cached), tokenize (cached, objective-independent) and weight a data file for training.
-    ``with_row``: add a ``row`` column, each kept row's index in ``read_dataset(path)`` (for other per-row data).
+    ``length_normalization``: sum, trajectory, turn or auto, applied to the turn weights by
+    ``data.weighting.normalize_lengths`` from each turn's token count after truncation (``stats`` names the one
+    applied). ``with_row``: add a ``row`` column, each kept row's index in ``read_dataset(path)`` (for other
+    per-row data).
 
     Returns ``(dataset, stats)``: the dataset holds the kept rows only, with ``input_ids``, ``turn_index``,
     ``turn_weights`` (one per agent turn of the original conversation) and ``length``, formatted as numpy;
@@ -232,6 +245,7 @@ def prepare_training_data(
     weighted_objective(objective)
     raw = read_dataset(path, agent_role, require_reward=True)
     offsets, values = column_turn_weights(raw, objective, top_k, threshold, gamma, source=str(path))
+    mode = resolve_normalization(length_normalization, values)
     enc = encode_dataset(raw, tokenizer, max_length, agent_role, num_proc)
     cols = enc.with_format("arrow").select_columns(["length", "truncated", "too_long", "turn_tokens"])[:]
     length = cols.column("length").to_numpy().astype(np.int64)
@@ -249,7 +263,7 @@ def prepare_training_data(
     stats = EncodeStats(
         conversations=len(raw), kept=int(kept.sum()), zero_weight=int(zero.sum()), too_long=int(long_.sum()),
         truncated=int((truncated & kept).sum()), agent_tokens=int(weighted[kept].sum()),
-        tokens=int(length[kept].sum()),
+        tokens=int(length[kept].sum()), length_normalization=mode,
     )
     if long_.any():
         stats.dropped_ids = raw.select(np.nonzero(long_)[0])["id"][:]
@@ -259,9 +273,10 @@ def prepare_training_data(
             f"({stats.zero_weight} of {stats.conversations} weigh 0, {stats.too_long} too long); "
             "for swift, contexts need two or more samples with different rewards"
         )
+    values = normalize_lengths(values, offsets, turn_tokens, mode)
     weights = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.float32()))
     out = enc.select_columns(["input_ids", "turn_index", "length"]).add_column(
-        "turn_weights", weights, new_fingerprint=digest(enc._fingerprint, objective, top_k, threshold, gamma))
+        "turn_weights", weights, new_fingerprint=digest(enc._fingerprint, objective, top_k, threshold, gamma, mode))
     if with_row:
         out = out.add_column("row", pa.array(np.arange(len(raw), dtype=np.int64)),
                              new_fingerprint=digest(out._fingerprint, "row"))

@@ -4,15 +4,22 @@ The math is the objective's (``objectives.weights``, found through ``objectives.
 reads the ``reward``, ``context_id``, ``turn_rewards`` and ``turn_mask`` columns, so the conversations are never
 held in memory, checks the rewards against the objective's range (naming the record), and spreads a
 conversation's weight over its agent turns. ``turn_weights`` does the same for a list of ``Conversation``.
+``normalize_lengths`` then scales each turn's weight by its trajectory's or its own token count (the
+``--length-normalization`` of ``rwft train``), so the normalization travels with the tokens like the weight.
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import numpy as np
 
 from rwft.data.conversation import Conversation
 from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, Objective
+
+LengthNormalization = Literal["auto", "sum", "trajectory", "turn"]
+LENGTH_NORMALIZATIONS: tuple[str, ...] = get_args(LengthNormalization)
 
 
 def weighted_objective(name: str) -> Objective:
@@ -100,3 +107,41 @@ def column_turn_weights(ds, objective: str, top_k: int = 1, threshold: float | N
     values = apply_weights(entry, rewards, group_codes(table.column("context_id")), offsets, turn_rewards,
                            dict(top_k=top_k, threshold=threshold, gamma=gamma), ids)
     return offsets, values * mask
+
+
+def resolve_normalization(mode: str, values: np.ndarray) -> str:
+    """The length normalization that ``mode`` means for these turn weights: ``auto`` is ``trajectory`` when some
+    weight is negative (Swift; per-turn credit that can be negative) and ``sum`` otherwise."""
+    if mode not in LENGTH_NORMALIZATIONS:
+        raise RwftError(f"--length-normalization {mode!r}: expected one of {', '.join(LENGTH_NORMALIZATIONS)}")
+    if mode == "auto":
+        return "trajectory" if bool((np.asarray(values) < 0).any()) else "sum"
+    return mode
+
+
+def normalize_lengths(values: np.ndarray, offsets: np.ndarray, turn_tokens: np.ndarray, mode: str) -> np.ndarray:
+    """Turn weights w_t (row i's turns at ``offsets[i]:offsets[i + 1]``, n_t tokens each) scaled for ``mode``:
+
+    - ``sum``: w_t. A trajectory contributes w x its summed log-likelihood (the paper's E[r log pi(tau)]).
+    - ``trajectory``: w_t x L_bar / L_i, with L_i the agent tokens of row i that carry a weight (n_t of its
+      turns with w_t != 0) and L_bar the mean of L_i over the rows with L_i > 0: each trajectory's tokens
+      weigh w x L_bar in all, whatever its length (its mean log-likelihood times w x L_bar).
+    - ``turn``: w_t x n_bar / n_t, with n_bar the mean n_t over the turns with w_t != 0 and n_t > 0: each
+      turn's tokens weigh w_t x n_bar in all, whatever its length.
+
+    L_bar and n_bar keep the total weight of a weight-1 dataset (SFT) that of ``sum``, so learning rates carry
+    over. Turns without tokens (cut by truncation) keep w_t; they have nothing to weigh."""
+    values = np.asarray(values, dtype=np.float64)
+    n = np.asarray(turn_tokens, dtype=np.float64)
+    live = (values != 0) & (n > 0)
+    if mode == "sum" or not live.any():
+        return values.copy()
+    if mode == "turn":
+        return np.where(live, values * n[live].mean() / np.where(live, n, 1.0), values)
+    if mode != "trajectory":
+        raise RwftError(f"--length-normalization {mode!r}: expected one of {', '.join(LENGTH_NORMALIZATIONS)}")
+    lengths = np.diff(offsets)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    per_row = np.bincount(rows, weights=n * live, minlength=len(lengths))
+    mean = per_row[per_row > 0].mean()
+    return np.where(live, values * mean / np.where(live, per_row[rows], 1.0), values)

@@ -15,6 +15,7 @@ from typing import Literal
 
 from transformers import Trainer, TrainingArguments
 
+from rwft.data.weighting import LENGTH_NORMALIZATIONS, LengthNormalization
 from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, describe, names
 from rwft.train import skeleton
@@ -38,6 +39,14 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """filtered: keep every conversation with reward >= threshold instead of the top-k."""
     gamma: float = 1.0
     """per-turn: discount of the reward-to-go over agent turns; qsft: discount per agent turn (1 within a turn)."""
+    length_normalization: LengthNormalization = "auto"
+    """How a trajectory's length scales its weight (see README, The objectives). sum: w x the summed token
+    log-likelihood, over a constant N (the paper's E[r log pi(tau)]; unbiased for it; a long trajectory weighs
+    in proportion to its tokens). trajectory: w x L_bar / L per token (L its agent tokens, L_bar their mean over
+    the data): every trajectory weighs w x L_bar in all, so long negative ones cannot dominate; biased (Dr.
+    GRPO) toward long trajectories where w < 0 and short ones where w > 0. turn: w_t x n_bar / n_t (n_t the
+    turn's tokens, n_bar their mean): every turn weighs alike, a trajectory in proportion to its turns. auto:
+    trajectory when some weight is negative (swift; per-turn credit), else sum."""
     behaviour_model: str | None = None
     """qsft: the behaviour policy pi_phi (a preset or directory); empty: SFT on the same data into OUTPUT/behaviour."""
     polyak: float = 0.05
@@ -64,6 +73,9 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
                 raise RwftError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
         if not 0.0 <= self.gamma <= 1.0:
             raise RwftError(f"--gamma: expected a value in [0, 1], got {self.gamma}")
+        if self.length_normalization not in LENGTH_NORMALIZATIONS:
+            raise RwftError(f"--length-normalization {self.length_normalization!r}: expected one of "
+                            f"{', '.join(LENGTH_NORMALIZATIONS)}")
         if not 0.0 < self.polyak <= 1.0:
             raise RwftError(f"--polyak: expected a value in (0, 1], got {self.polyak}")
         if not isinstance(self.qsft_top_k, int) or self.qsft_top_k < 1:
@@ -175,11 +187,12 @@ def prepare(config: TrainConfig, tokenizer) -> skeleton.Prepared:
     data, stats = prepare_training_data(
         config.data, tokenizer, objective=entry.name, agent_role=config.agent_role,
         max_length=config.max_length, top_k=config.top_k, threshold=config.threshold, gamma=config.gamma,
-        num_proc=config.dataset_num_proc,
+        length_normalization=config.length_normalization, num_proc=config.dataset_num_proc,
     )
+    auto = " (auto)" if config.length_normalization == "auto" else ""
     summary = (f"{stats.kept} of {stats.conversations} conversations, {stats.agent_tokens} agent tokens "
                f"({stats.zero_weight} weigh 0, {stats.truncated} truncated, {stats.too_long} too long); "
-               f"objective {entry.name}")
+               f"objective {entry.name}, length normalization {stats.length_normalization}{auto}")
     return skeleton.Prepared(data, stats, summary)
 
 
