@@ -42,7 +42,17 @@ class CharsEnv(Environment):
         return "x" * int(30 * skill)
 
 
+class DebtEnv(CharsEnv):
+    """CharsEnv with rewards below 0 (minus the answer's length): Refit cannot take them."""
+
+    name = "debt"
+
+    def outcome(self, episode):
+        return {"reward": -len(episode.last_agent_text()) / 30 - 0.1, "turns": 1}
+
+
 register("chars", "test_iterate:CharsEnv")
+register("debt", "test_iterate:DebtEnv")
 BASE = ["--env", "chars", "--policy", "tiny",
         "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6", "--learning-rate", "1e-2",
         "--threads", "1", "--progress", "false"]
@@ -54,6 +64,8 @@ BASE = ["--env", "chars", "--policy", "tiny",
     (["--sync-every", "often"], "--sync-every often"),
     (["--objective", "grpo", "--group-size", "1"], "--group-size 1"),
     (["--env", "clarify", "mcqa", "--env-weights", "1"], "--env-weights"),
+    (["--sync-every", "never", "--sync-reference", "true"], "--sync-reference with --sync-every never"),
+    (["--policy", ""], "--policy: give pi_0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -61,6 +73,44 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_rewards_outside_the_objectives_range_are_refused_before_anything_is_written(tmp_path, capsys):
+    """Refit needs rewards >= 0 (its registry entry's range): the first batch is checked before the run directory
+    is made, and the error names the episode, its reward and the way out."""
+    out = tmp_path / "run"
+    assert main(["iterate", "--output", str(out), *BASE, "--env", "debt", "--objective", "refit", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--objective refit needs rewards >= 0" in err and "has reward -" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_twenty_questions_dpo_pairs_wins_against_losses():
+    """twenty-questions' reward is minus the turns (below any threshold): online DPO pairs on the game's win, so a
+    group with a win and a loss gives a pair and the step trains."""
+    from rwft.recipes.iterate import verdicts
+    from rwft.rollout.collect import episode_records, run_episodes
+    from rwft.rollout.envs.base import make_env
+    from rwft.rollout.judges import make_judge
+    from rwft.rollout.policies import ScriptedPolicy
+    from rwft.train.online import Learner, LearnerConfig
+
+    env = make_env("twenty-questions", ["horizon=6"])
+    tasks = [t for t in env.tasks(4, 0) for _ in range(4)]
+    samples = [j for _ in range(4) for j in range(4)]
+    episodes = run_episodes(env, ScriptedPolicy(env, None), tasks, samples, [1.0] * 16, 0)
+    records = episode_records(env, make_judge("env"), "scripted", episodes, samples, [1.0] * 16, 0)
+    won = [r["metadata"]["correct"] for r in records]
+    assert all(r["reward"] < 0.5 for r in records) and any(won) and not all(won)
+    mixed = sum(0 < sum(won[4 * g: 4 * g + 4]) < 4 for g in range(4))  # groups with a win and a loss
+    assert mixed > 0
+    assert verdicts(records) == [float(w) for w in won]
+    learner = Learner(LearnerConfig(policy="tiny", objective="dpo", learning_rate=1e-2))
+    out = learner.step(records, random.Random(0), verdicts(records))
+    assert out["pairs"] == mixed and out["skipped_groups"] == 4 - mixed and out["loss"] == out["loss"]
+    groups = [r["context_id"] for r in records]
+    pairs, _ = learner.pairs([r["reward"] for r in records], groups, verdicts(records), random.Random(0))
+    assert all(won[c] and not won[j] and groups[c] == groups[j] for c, j in pairs)  # a win over a loss of one task
 
 
 def test_steps_log_syncs_and_mixed_envs(tmp_path):

@@ -113,3 +113,121 @@ def test_dpo_step_equals_rwft_dpo_when_the_template_adds_nothing_after_a_turn(tm
     mine = weights(learner.model)
     assert max(float((mine[k] - pi0[k]).abs().max()) for k in mine) > 1e-3
     assert same(mine, trained, atol=1e-6)
+
+
+def test_pairing_threshold_decides_which_verifiable_responses_are_right():
+    """Verifiable records pair a right (verdict >= --pairing-threshold) with a wrong response of the same task: with
+    verdicts 0.6 / 0.2 in every group the default 0.5 pairs every group, 0.7 none (all wrong)."""
+    recs = records()
+    verdicts = [0.6 if i % 3 == 0 else 0.2 for i in range(9)]
+    for threshold, pairs in ((0.5, 3), (0.7, 0)):
+        learner = Learner(LearnerConfig(policy="tiny", objective="dpo", pairing_threshold=threshold))
+        out = learner.step(recs, random.Random(0), verdicts)
+        assert out["pairs"] == pairs and out["skipped_groups"] == 3 - pairs
+
+
+def test_log_probs_and_entropy_are_of_the_sampling_distribution():
+    """At temperature T the generator samples from softmax(z / T): the entropy logged and the KL to the reference
+    are of that distribution (checked against a fresh pi_0 by hand)."""
+    from rwft.objectives.online import masked_entropy
+    from rwft.presets import load_model
+
+    learner = Learner(LearnerConfig(policy="tiny", objective="grpo", temperature=0.5, learning_rate=1e-2))
+    recs = records()
+    batch = learner.collate(recs)
+    with torch.no_grad():
+        logits = load_model("tiny")(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["labels"][:, 1:] != -100
+    at_t, at_1 = (float(masked_entropy(logits[:, :-1] / t, mask)) for t in (0.5, 1.0))
+    assert abs(at_t - at_1) > 0.1  # the test tells the two apart
+    assert learner.step(recs, random.Random(0), [None] * 9)["entropy"] == pytest.approx(at_t, rel=1e-5)
+
+
+class _Accelerator:
+    """What GRPOTrainer._compute_loss asks of accelerate on one process."""
+
+    is_main_process = True
+
+    def autocast(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def reduce(self, x, reduction="sum"):
+        return x
+
+    def gather(self, x):
+        return x
+
+
+def _trl_grpo(kl_coef: float, epsilon: float):
+    """GRPOTrainer's own loss code (_compute_loss, _get_per_token_logps_and_entropies) on an object carrying only
+    the attributes they read: loss_type grpo, token-level ratio, one process, no accumulation."""
+    import types
+    from collections import defaultdict
+
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    t = types.SimpleNamespace(
+        accelerator=_Accelerator(), top_entropy_quantile=1.0, off_policy_mask_threshold=None,
+        importance_sampling_level="token", beta=kl_coef, loss_type="grpo", epsilon_low=epsilon,
+        epsilon_high=epsilon, use_vllm=False, vllm_importance_sampling_correction=False,
+        model=types.SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
+        _entropy_bonus_enabled=False, aux_loss_enabled=False, args=types.SimpleNamespace(
+            use_bias_correction_kl=False, delta=None), _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
+    t._get_per_token_logps_and_entropies = types.MethodType(GRPOTrainer._get_per_token_logps_and_entropies, t)
+    return t, GRPOTrainer._compute_loss
+
+
+def test_grpo_loss_and_gradient_equal_trls_grpo_trainer():
+    """One GRPO batch, its loss and gradient, by rwft and by TRL's GRPOTrainer code (loss_type grpo, beta = kl_coef,
+    epsilon 0.2, temperature 0.7) on the same tokens: the trainer has taken a step since the generator (pi_0)
+    sampled, so the ratio is not 1 and some tokens are clipped; the old log-probs TRL gets are the generator's and
+    the reference's, computed by TRL's own fused head at the temperature."""
+    import copy
+
+    from trl.trainer.utils import add_fused_lm_head
+
+    kl_coef, epsilon, temp = 0.05, 0.2, 0.7
+    learner = Learner(LearnerConfig(policy="tiny", objective="grpo", temperature=temp, kl_coef=kl_coef,
+                                    epsilon=epsilon, learning_rate=1e-2))
+    learner.step(records(), random.Random(0), [None] * 9)  # the trainer moves; generator and reference stay pi_0
+    msgs = [{"role": "user", "content": "Buy me a pet: cat or dog or frog."}]
+    answers = ["Done: cat.", "Which one do you mean, the cat or the dog?", "Done: frog, the green one.", "Dog."]
+    batch_recs = [{"id": f"b/{j}", "context_id": "b", "reward": [1.0, 0.5, 0.0, 0.2][j], "metadata": {"env": "x"},
+                   "messages": [*msgs, {"role": "assistant", "content": a}]} for j, a in enumerate(answers)]
+    trainer = copy.deepcopy(learner.model)  # TRL's copies: the same weights, patched with TRL's fused head
+    loss, _ = learner.loss(batch_recs, random.Random(0), [None] * 4)
+    loss.backward()
+
+    batch = learner.collate(batch_recs)
+    labels = batch["labels"]
+    starts = [int((row != -100).nonzero()[0]) for row in labels]
+    assert len(set(starts)) == 1  # one prompt: no left padding for TRL
+    prompt = batch["input_ids"][:, : starts[0]]
+    lengths = [int((row != -100).sum()) for row in labels]
+    completion = torch.full((4, max(lengths)), learner.tok.pad_token_id)
+    completion_mask = torch.zeros(4, max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        completion[i, :n] = labels[i][labels[i] != -100]
+        completion_mask[i, :n] = 1
+    rewards = torch.tensor([r["reward"] for r in batch_recs])
+    advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-4)  # TRL's scale_rewards="group"
+    fake, compute_loss = _trl_grpo(kl_coef, epsilon)
+    inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
+              "completion_mask": completion_mask, "advantages": advantages}
+    ids, attn = torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), completion_mask], 1)
+    for key, model in (("old_per_token_logps", learner.generator_model), ("ref_per_token_logps", learner.reference)):
+        model = copy.deepcopy(model)
+        add_fused_lm_head(model, temperature=temp)
+        with torch.no_grad():
+            inputs[key] = fake._get_per_token_logps_and_entropies(model, ids, attn, completion.shape[1])[0]
+    add_fused_lm_head(trainer, temperature=temp, outputs=("log_probs", "entropy"))
+    trl_loss = compute_loss(fake, trainer, inputs)
+    trl_loss.backward()
+    assert fake._metrics["train"]["clip_ratio/region_mean"][0] > 0  # the clipping is exercised
+    assert float(loss.detach()) == pytest.approx(float(trl_loss.detach()), rel=1e-5)
+    mine = dict(learner.model.named_parameters())
+    theirs = dict(trainer.named_parameters())
+    for name, p in theirs.items():
+        assert torch.allclose(mine[name].grad, p.grad, rtol=1e-4, atol=1e-7), name

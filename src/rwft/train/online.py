@@ -171,6 +171,21 @@ class Learner:
         ``verdicts[i]``: None when record i's reward is graded (DPO pairs the best with the worst response of
         its group); otherwise the value that makes it right when >= ``pairing_threshold`` (DPO pairs a random
         right with a random wrong response)."""
+        loss, out = self.loss(records, rng, verdicts)
+        if loss is None:  # nothing to learn from (all groups skipped): no update, Adam's moments untouched
+            out["loss"] = float("nan")
+            return out
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.c.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        out.update(loss=float(loss.detach()), grad_norm=float(grad_norm))
+        return out
+
+    def loss(self, records: list[dict[str, Any]], rng: random.Random,
+             verdicts: list[float | None]) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """The objective's loss on the records (None: nothing to learn from) and the step's measurements."""
         from rwft.objectives import online
 
         rewards = [float(r["reward"]) for r in records]
@@ -210,16 +225,7 @@ class Learner:
             loss = online.grpo_loss(logps, old_logps, ref_logps, adv, mask, self.c.kl_coef, self.c.epsilon)
         else:
             raise RwftError(f"--objective {self.entry.name}: no online loss for it")
-        if loss is None:  # nothing to learn from (all groups skipped): no update, Adam's moments untouched
-            out["loss"] = float("nan")
-            return out
-        loss.backward()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.c.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        out.update(loss=float(loss.detach()), grad_norm=float(grad_norm))
-        return out
+        return loss, out
 
     def pairs(self, rewards: list[float], groups: list[str], verdicts: list[float | None],
               rng: random.Random) -> tuple[list[tuple[int, int]], int]:
