@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rwft.train.online import Learner, LearnerConfig
-from rwft.train.weighted import TrainConfig, train
+from rwft.train.trainers import TrainConfig, train
 
 ANSWERS = ["Done: cat.", "Which one do you mean?", "Done: dog.", "Done: frog."]
 
