@@ -19,7 +19,7 @@ from pathlib import Path
 from unittest.mock import patch
 
 from rwft.rollout.collect import CollectConfig, run_collect
-from rwft.rollout.policies import HFPolicy
+from rwft.rollout.hf_policy import HFPolicy
 
 
 def run(out: Path, batch_size: int, args: argparse.Namespace) -> tuple[dict, list]:

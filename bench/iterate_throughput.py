@@ -48,8 +48,8 @@ def collect_compare(args: argparse.Namespace) -> None:
 
     from rwft.rollout.collect import run_episodes
     from rwft.rollout.envs.base import make_env
+    from rwft.rollout.hf_policy import HFPolicy
     from rwft.rollout.http_policy import OpenAIPolicy
-    from rwft.rollout.policies import HFPolicy
 
     env = make_env("clarify", ["source=requests", "difficulty=3", "unambiguous=0"])
     tasks = env.tasks(args.episodes, 0)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from rwft.presets import load_model
@@ -51,3 +52,18 @@ def test_compact_leaves_a_full_mask_alone():
         layer.update(*kv(1, 3, 0))
     ids, mask = torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.long)
     assert compact(cache, ids, mask) == (ids, mask)
+
+
+@pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
+def test_model_fills_a_growing_cache_given_as_cache_and_continues_from_it():
+    """transformers' Cache API: the model writes into the cache passed as ``cache`` (no deprecated argument),
+    and a step from it gives the logits of a full forward."""
+    model = load_model("tiny").eval()
+    ids = torch.tensor([[5, 17, 99, 3, 42]])
+    cache = growing_cache(model.config)
+    with torch.no_grad():
+        model(input_ids=ids[:, :4], cache=cache)
+        assert cache.get_seq_length() == 4 and all(isinstance(layer, GrowingLayer) for layer in cache.layers)
+        step = model(input_ids=ids[:, 4:], cache=cache).logits[:, -1]
+        full = model(input_ids=ids).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)

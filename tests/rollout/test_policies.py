@@ -1,8 +1,10 @@
 import pytest
+import torch
 
 from rwft.errors import RwftError
 from rwft.rollout.envs import make_env
-from rwft.rollout.policies import HFPolicy, OpenAIPolicy, make_policy, turn_seed
+from rwft.rollout.hf_policy import HFPolicy
+from rwft.rollout.policies import OpenAIPolicy, make_policy, turn_seed
 
 CONV = [{"role": "user", "content": "What is 2 + 3?"}]
 
@@ -122,3 +124,45 @@ def test_kv_cache_reuse_with_rows_leaving_reordered_and_edited():
         for r, text in zip(rows, out, strict=True):
             convs[r] = convs[r] + [{"role": "assistant", "content": edits.get(r, text)},
                                    {"role": "user", "content": "No." if r % 2 else "Tell me more, please."}]
+
+
+def test_from_model_plays_the_callers_model_without_loading_one(tiny, monkeypatch):
+    """The policy plays the given model object (no load, no copy): it generates what the loaded policy does,
+    and a change of the model's weights in place (a learner's sync) shows after ``reset_cache``."""
+    import rwft.presets
+    from rwft.presets import load_model, load_tokenizer
+
+    model, tok = load_model("tiny").eval(), load_tokenizer("tiny")
+    monkeypatch.setattr(rwft.presets, "load_model", lambda *a, **k: pytest.fail("from_model loaded a model"))
+    policy = HFPolicy.from_model(model, tok, name="learner", max_new_tokens=8)
+    assert policy.model is model and policy.name == "learner" and policy.device == "cpu"
+    convs = [CONV, [{"role": "user", "content": "Hi"}]]
+    before = policy.generate(convs, [1.0, 0.0], [5, 6], owners=convs)
+    assert before == tiny.generate(convs, [1.0, 0.0], [5, 6])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * p.std() * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    policy.reset_cache()
+    assert policy.generate(convs, [1.0, 0.0], [5, 6], owners=convs) != before
+
+
+def test_from_model_refuses_a_tokenizer_without_chat_template():
+    from rwft.presets import load_model, load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    tok.chat_template = None
+    with pytest.raises(RwftError, match="learner: the tokenizer has no chat template"):
+        HFPolicy.from_model(load_model("tiny"), tok, name="learner")
+
+
+@pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
+def test_generation_passes_the_kv_cache_without_a_deprecated_argument():
+    """Prefill, shared prefill of a repeated prompt, generate and a resumed turn give the cache to transformers
+    through its Cache API (``cache=``): no FutureWarning or DeprecationWarning."""
+    policy = HFPolicy("tiny", max_new_tokens=4)
+    owners = [object(), object()]
+    out = policy.generate([CONV, CONV], [1.0, 1.0], [1, 2], owners=owners)  # one prompt twice: shared prefill
+    convs = [CONV + [{"role": "assistant", "content": t}, {"role": "user", "content": "And?"}] for t in out]
+    before = policy.prefilled_tokens
+    policy.generate(convs, [1.0, 1.0], [3, 4], owners=owners)
+    assert policy.prefilled_tokens - before < sum(len(policy._render(c, 10**6)) for c in convs)  # resumed

@@ -10,8 +10,9 @@ import torch
 
 from rwft.errors import RwftError
 from rwft.rollout.envs import make_env
-from rwft.rollout.policies import HFPolicy, make_policy
-from rwft.rollout.qsft_policy import QSFTProcessor, extraction_scores, load_q_model
+from rwft.rollout.hf_policy import HFPolicy
+from rwft.rollout.policies import make_policy
+from rwft.rollout.qsft_policy import QSFTPolicy, QSFTProcessor, extraction_scores, load_q_model
 
 CONVS = [[{"role": "user", "content": "What is 2 + 3?"}],
          [{"role": "user", "content": "A much longer question about the sun and the moon?"}],
@@ -78,6 +79,7 @@ def test_processor_equals_full_forwards_with_left_padding(run_dir):
 
 def test_make_policy_of_a_run_dir_and_batched_equals_per_row(run_dir):
     policy = make_policy(str(run_dir), None, 10)
+    assert isinstance(policy, QSFTPolicy) and isinstance(policy, HFPolicy)
     assert policy.beta == 3.0 and "qsft" in policy.name and len(policy.logits_processors) == 1
     assert make_policy(str(run_dir), None, 10, qsft_beta=7.0).beta == 7.0
     temps, seeds = [1.0, 1.0, 0.0], [11, 12, 13]
@@ -88,6 +90,17 @@ def test_make_policy_of_a_run_dir_and_batched_equals_per_row(run_dir):
     behaviour = HFPolicy(str(run_dir / "behaviour"), 10)
     strong = make_policy(str(run_dir), None, 10, qsft_beta=1e4)
     assert strong.generate(CONVS, [0.0] * 3, seeds) != behaviour.generate(CONVS, [0.0] * 3, seeds)
+
+
+@pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
+def test_processor_passes_its_cache_without_a_deprecated_argument(run_dir):
+    """The Q model's prefill and steps give the cache through transformers' Cache API (``cache=``)."""
+    q = load_q_model(run_dir).eval()
+    ids, mask = torch.tensor([[0, 5, 17], [7, 3, 250]]), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    proc = QSFTProcessor(q, 1.0, mask)
+    proc(ids, torch.zeros(2, q.config.vocab_size))
+    proc(torch.cat([ids, ids[:, -1:]], 1), torch.zeros(2, q.config.vocab_size))
+    assert proc.cache.get_seq_length() == 4
 
 
 def recording(policy):

@@ -6,12 +6,12 @@ by the behaviour policy is a (conservative) Q-value in [0, 1]. It acts with
     pi(a|s)  proportional to  pi_phi(a|s) * exp(beta * p_theta(a|s))
 
 where pi_phi is the behaviour policy (SFT on the logged data). In logits: ``extraction_scores`` =
-log_softmax(pi_phi's logits) + beta * softmax(p_theta's logits). ``HFPolicy`` generates with pi_phi as
-its model; ``QSFTProcessor`` runs p_theta on the same tokens alongside (its own KV cache: a prefill of
-the prompt with the batch's attention mask and position ids from the mask, then one token per step; from
-the second turn of the same episodes on, the prefill covers only the new tokens, as for pi_phi) and
-rewrites the scores before the row sampler, so temperature (applied to the whole adjusted score) and
-per-row seeded sampling work as for any policy.
+log_softmax(pi_phi's logits) + beta * softmax(p_theta's logits). ``QSFTPolicy``, an ``HFPolicy``,
+generates with pi_phi as its model; ``QSFTProcessor`` runs p_theta on the same tokens alongside (its own
+KV cache: a prefill of the prompt with the batch's attention mask and position ids from the mask, then
+one token per step; from the second turn of the same episodes on, the prefill covers only the new tokens,
+as for pi_phi) and rewrites the scores before the row sampler, so temperature (applied to the whole
+adjusted score) and per-row seeded sampling work as for any policy.
 
 beta: since p_theta lies in [0, 1], beta is the most (in nats) the value term can raise a token's
 log-probability above pi_phi's. beta = 0 is pi_phi itself; as beta -> infinity the policy tends to
@@ -23,7 +23,7 @@ p_theta around (1 - B) / (|V| - 1) while pi_phi may give it 1e-9, and the ratio'
 The extraction above never lets p_theta promote a token beyond exp(beta) times pi_phi.
 
 A run directory ``RUN`` that holds ``qsft.json`` (``{"behaviour_model": PATH, "beta": NUMBER}``, written by
-``rwft train --objective qsft``) is a Q-SFT policy for ``make_policy``: ``RUN`` itself is p_theta (a
+``rwft train --objective qsft``) is a ``QSFTPolicy`` for ``make_policy``: ``RUN`` itself is p_theta (a
 ``save_pretrained`` model, or a PEFT adapter on its base), ``behaviour_model`` is pi_phi (a preset, a
 directory, a hub id; a relative path that exists inside ``RUN`` is taken from there) and ``beta`` the
 default acting beta (``--qsft-beta`` overrides it).
@@ -40,6 +40,8 @@ import torch
 from transformers import LogitsProcessor
 
 from rwft.errors import RwftError
+from rwft.rollout.hf_policy import HFPolicy
+from rwft.rollout.kv_cache import growing_cache
 
 QSFT_FILE = "qsft.json"
 
@@ -69,8 +71,6 @@ class QSFTProcessor(LogitsProcessor):
         """columns of the prompt that came cached from the previous turn (0: a full prefill)"""
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        from rwft.rollout.kv_cache import growing_cache
-
         if self.cache is None:  # the first step: prefill the prompt
             if input_ids.shape != self.mask.shape:
                 raise RuntimeError(f"QSFTProcessor: prompt {tuple(input_ids.shape)} and mask "
@@ -90,7 +90,7 @@ class QSFTProcessor(LogitsProcessor):
             feed, position = input_ids[:, -1:], self.mask.sum(-1, keepdim=True) - 1
         with torch.no_grad():
             out = self.q_model(input_ids=feed, attention_mask=self.mask, position_ids=position,
-                               past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                               cache=self.cache, use_cache=True, logits_to_keep=1)
         self.seen = input_ids.shape[1]
         vocab = scores.shape[-1]
         return extraction_scores(scores, out.logits[:, -1, :vocab], self.beta)
@@ -139,23 +139,21 @@ def load_q_model(run_dir: Path, dtype: Any = None) -> Any:
                     "weights, or a PEFT adapter_config.json); found neither")
 
 
-def make_qsft_policy(run_dir: str, max_new_tokens: int = 64, beta: float = 0.0) -> Any:
-    """An ``HFPolicy`` generating with the behaviour model and extracting with the run's Q model.
+class QSFTPolicy(HFPolicy):
+    """An ``HFPolicy`` generating with the behaviour model pi_phi and extracting with the run's Q model p_theta
+    (``QSFTProcessor``). ``beta`` <= 0 uses ``qsft.json``'s beta. Everything loads (and is checked) here,
+    before any episode."""
 
-    ``beta`` <= 0 uses ``qsft.json``'s beta. Everything loads (and is checked) here, before any episode."""
-    from rwft.rollout.policies import HFPolicy
-
-    run = Path(run_dir)
-    behaviour, default_beta = read_qsft_json(run)
-    beta = float(beta) if beta > 0 else default_beta
-    policy = HFPolicy(behaviour, max_new_tokens)
-    q_model = load_q_model(run, dtype=policy.model.dtype).to(policy.device).eval()
-    q_vocab = q_model.get_output_embeddings().weight.shape[0]
-    b_vocab = policy.model.get_output_embeddings().weight.shape[0]
-    if q_vocab < b_vocab:
-        raise RwftError(f"{run / QSFT_FILE}: the Q model's vocabulary ({q_vocab}) is smaller than the behaviour "
-                        f"model's ({b_vocab}); both must come from the same pretrained model")
-    policy.logits_processors.append(lambda ids, mask, past: QSFTProcessor(q_model, beta, mask, past))
-    policy.q_model, policy.beta = q_model, beta
-    policy.name = f"{run_dir} (qsft, beta {beta:g})"
-    return policy
+    def __init__(self, run_dir: str, max_new_tokens: int = 64, beta: float = 0.0):
+        run = Path(run_dir)
+        behaviour, default_beta = read_qsft_json(run)
+        super().__init__(behaviour, max_new_tokens)
+        self.beta = float(beta) if beta > 0 else default_beta
+        self.q_model = load_q_model(run, dtype=self.model.dtype).to(self.device).eval()
+        q_vocab = self.q_model.get_output_embeddings().weight.shape[0]
+        b_vocab = self.model.get_output_embeddings().weight.shape[0]
+        if q_vocab < b_vocab:
+            raise RwftError(f"{run / QSFT_FILE}: the Q model's vocabulary ({q_vocab}) is smaller than the "
+                            f"behaviour model's ({b_vocab}); both must come from the same pretrained model")
+        self.logits_processors.append(lambda ids, mask, past: QSFTProcessor(self.q_model, self.beta, mask, past))
+        self.name = f"{run_dir} (qsft, beta {self.beta:g})"
