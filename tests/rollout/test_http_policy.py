@@ -47,6 +47,8 @@ class Server:
                 if self.path.endswith("/unload_lora_adapter"):
                     return self._send({})
                 text = stub.reply(body)
+                if isinstance(text, tuple):  # (HTTP status, error body)
+                    return self._send(text[1], text[0])
                 self._send({"choices": [{"message": {"role": "assistant", "content": text}}],
                             "usage": {"completion_tokens": len(text.split())}})
 
@@ -136,6 +138,34 @@ def test_lora_endpoints_and_server_checks():
         server.close()
     with pytest.raises(RwftError, match="unreachable"):
         check_server(server.url, "pi0", timeout=2)
+
+
+def test_a_4xx_is_one_line_with_the_url_and_the_servers_message_and_is_not_retried():
+    server = Server(lambda body: (404, {"object": "error", "type": "NotFoundError", "code": 404,
+                                        "message": "The model `gone` does not exist."}))
+    try:
+        with pytest.raises(RwftError) as e:
+            OpenAIPolicy(server.url, "gone", retries=3).chat([{"role": "user", "content": "hi"}], 1.0, 0)
+    finally:
+        server.close()
+    text = str(e.value)
+    assert text == f"{server.url}/chat/completions: HTTP 404 Not Found: The model `gone` does not exist."
+    assert len(server.chats()) == 1  # not retried
+
+
+def test_a_hung_server_fails_by_the_deadline():
+    """The server never answers: one request fails after ``timeout`` seconds in all, not after each of its tries."""
+    release = threading.Event()
+    server = Server(lambda body: (release.wait(30), "late")[1])
+    policy = OpenAIPolicy(server.url, "pi0", timeout=1.0, retries=3)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RwftError, match=r"chat/completions: no answer within 1 s"):
+            policy.chat([{"role": "user", "content": "hi"}], 1.0, 0)
+    finally:
+        release.set()
+        server.close()
+    assert time.monotonic() - t0 < 2.5  # 4 tries of 1 s each plus the backoff would take 7.5 s
 
 
 VLLM_VENV = Path(__file__).resolve().parents[2] / ".venv-vllm"

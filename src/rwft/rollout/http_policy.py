@@ -32,6 +32,7 @@ class OpenAIPolicy:
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 256,
                  timeout: float = 120.0, retries: int = 3, workers: int = 8, max_in_flight: int = 256):
+        """``timeout``: the deadline of one request, all its tries together (a hung server fails after it)."""
         if not model:
             raise RwftError(f"--policy {base_url}: an HTTP endpoint needs --api-model (the served model's name)")
         self.base_url = base_url.rstrip("/")
@@ -46,6 +47,9 @@ class OpenAIPolicy:
         self.generated_tokens = 0
 
     def chat(self, messages: list[dict[str, Any]], temperature: float, seed: int, max_tokens: int | None = None) -> str:
+        """The reply to ``messages``. Within ``timeout`` seconds in all, a failed connection, a timeout, a 408 / 429 /
+        5xx or a reply that is not a chat completion is tried again (up to ``retries`` more times); any other
+        4xx is the request's fault and raises at once, with the server's message."""
         body = {
             "model": self.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
@@ -53,32 +57,31 @@ class OpenAIPolicy:
             "seed": seed % (2**31),
             "max_tokens": max_tokens or self.max_new_tokens,
         }
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(
-            f"{self.base_url}/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
+        url = f"{self.base_url}/chat/completions"
+        deadline = time.monotonic() + self.timeout
         last = ""
         for attempt in range(self.retries + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    data = json.loads(resp.read().decode("utf-8"))
+                data = json.loads(_post(url, body, self.api_key_env, left))
                 usage = data.get("usage") or {}
                 self.generated_tokens += int(usage.get("completion_tokens") or 0)
                 return str(data["choices"][0]["message"].get("content") or "")
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} {e.reason}"
-                if e.code in (400, 401, 403, 404, 422):
-                    break  # the request itself is wrong: retrying will not help
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = f"HTTP {e.code} {e.reason}: {server_message(e)}"
+                if 400 <= e.code < 500 and e.code not in (408, 429):
+                    raise RwftError(f"{url}: {last}") from None  # the request itself is wrong: no retry
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
                 last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
             except (ValueError, KeyError, IndexError, TypeError):
                 last = "a reply that is not a chat completion"
             if attempt < self.retries:
-                time.sleep(min(8.0, 0.5 * 2**attempt))
-        raise RwftError(f"--policy {self.base_url}: request failed after {self.retries + 1} tries ({last})")
+                time.sleep(max(0.0, min(8.0, 0.5 * 2**attempt, deadline - time.monotonic())))
+        if time.monotonic() >= deadline:
+            raise RwftError(f"{url}: no answer within {self.timeout:g} s ({last or 'no reply'})")
+        raise RwftError(f"{url}: failed {self.retries + 1} times ({last})")
 
     def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
                  max_new_tokens: int | None = None) -> list[str]:
@@ -123,6 +126,23 @@ def _post(url: str, body: dict[str, Any], api_key_env: str, timeout: float = 120
         return resp.read().decode("utf-8", "replace")
 
 
+def server_message(e: urllib.error.HTTPError) -> str:
+    """The message of an error reply, on one line: OpenAI's ``error.message``, vLLM's ``message``, FastAPI's
+    ``detail``, else the body's first 300 characters."""
+    try:
+        text = e.read().decode("utf-8", "replace") if e.fp else ""
+    except OSError:
+        text = ""
+    try:
+        data = json.loads(text)
+        err = data.get("error") if isinstance(data, dict) else None
+        msg = (err.get("message") if isinstance(err, dict) else err) or data.get("message") or data.get("detail")
+        text = str(msg) if msg else text
+    except (ValueError, AttributeError):
+        pass
+    return " ".join(text.split())[:300] or "(no message)"
+
+
 def check_server(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 10.0) -> None:
     """Raise a one-line RwftError unless ``GET {base_url}/models`` answers and lists ``model``."""
     headers = {}
@@ -150,9 +170,8 @@ def load_lora_adapter(base_url: str, name: str, path: str, api_key_env: str = "O
     try:
         _post(f"{base_url.rstrip('/')}/load_lora_adapter", {"lora_name": name, "lora_path": path}, api_key_env)
     except urllib.error.HTTPError as e:
-        detail = e.read().decode("utf-8", "replace")[:300] if e.fp else ""
         raise RwftError(f"--generator-url {base_url}: loading adapter {name} from {path} failed: HTTP {e.code} "
-                        f"{' '.join(detail.split())}") from None
+                        f"{server_message(e)}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         raise RwftError(f"--generator-url {base_url}: unreachable while loading adapter {name} "
                         f"({getattr(e, 'reason', e)})") from None
