@@ -55,6 +55,20 @@ def test_env_credit_sums_to_the_reward_and_gives_the_per_turn_weights(tmp_path, 
     assert any(m.get("reward") not in (None, -1.0) for r in recs for m in r["messages"])
 
 
+def test_env_credit_reads_the_configured_agent_role(tmp_path, games):
+    """The same games with the agent's messages under role 'agent' and --agent-role agent: the same prefix
+    scores and credits (twenty-questions counts the prefix's agent turns by the configured role)."""
+    renamed = [dict(r, messages=[dict(m, role="agent") if m["role"] == "assistant" else m for m in r["messages"]])
+               for r in read(games)]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    run_label(LabelConfig(data=str(games), out=str(a), judge="env", per_turn=True, progress=False))
+    run_label(LabelConfig(data=str(write_jsonl(tmp_path / "agent.jsonl", renamed)), out=str(b), judge="env",
+                          per_turn=True, agent_role="agent", progress=False))
+    for x, y in zip(read(a), read(b), strict=True):
+        assert y["metadata"]["per_turn"]["prefix_scores"] == pytest.approx(x["metadata"]["per_turn"]["prefix_scores"])
+        assert [m.get("reward") for m in y["messages"]] == [m.get("reward") for m in x["messages"]]
+
+
 def test_exact_prefix_credit_by_hand(tmp_path):
     conv = [{"role": "user", "content": "Pick one."}]
     data = write_jsonl(tmp_path / "d.jsonl", [

@@ -130,12 +130,13 @@ def parse_turn(text: str) -> tuple[str, str | None]:
     return "unclear", None
 
 
-def remaining_candidates(messages: list[dict[str, Any]], gold: str) -> list[str]:
-    """The objects consistent with the oracle's answers to the agent's turns in ``messages`` when the hidden
-    object is ``gold`` (the replies are recomputed, not read); empty once ``gold`` has been guessed."""
+def remaining_candidates(messages: list[dict[str, Any]], gold: str, agent_role: str = "assistant") -> list[str]:
+    """The objects consistent with the oracle's answers to the agent's turns (``agent_role`` messages) in
+    ``messages`` when the hidden object is ``gold`` (the replies are recomputed, not read); empty once ``gold``
+    has been guessed."""
     cands = sorted(OBJECTS)
     for m in messages:
-        if m["role"] != "assistant":
+        if m["role"] != agent_role:
             continue
         kind, arg = parse_turn(m["content"])
         if kind == "guess":
@@ -216,7 +217,8 @@ class TwentyQuestionsEnv(Environment):
     def prefix_score(self, messages: list[dict[str, Any]], metadata: dict[str, Any]) -> float | None:
         """The reward an ideal player would still get from this prefix: -(t + log2(n_t) + 1), at least
         -horizon, where t is the agent turns so far and n_t the objects still consistent with the oracle's
-        replies (``remaining_candidates``); -t once the object was guessed.
+        replies (``remaining_candidates``); -t once the object was guessed. The agent's role is that of the
+        prefix's last message (a prefix ends with the agent's turn: ``rwft label --agent-role``'s).
 
         Singling out one of n objects takes log2(n) yes/no answers, then one guess; so the final reward
         -turns is matched exactly at a win, and the redistributed credit of a turn is -1 plus the bits it
@@ -226,8 +228,9 @@ class TwentyQuestionsEnv(Environment):
         gold = metadata.get("gold")
         if gold not in OBJECTS:
             return None
-        turns = sum(m["role"] == "assistant" for m in messages)
-        n = len(remaining_candidates(messages, gold))
+        role = messages[-1]["role"] if messages else "assistant"
+        turns = sum(m["role"] == role for m in messages)
+        n = len(remaining_candidates(messages, gold, role))
         if n == 0:
             return self.scaled(-float(turns))
         return self.scaled(max(-float(self.options.horizon), -(turns + math.log2(n) + 1.0)))
