@@ -111,3 +111,15 @@ def test_polyak_moves_the_target_a_fraction_alpha_toward_the_weights():
     torch.testing.assert_close(target[0], torch.tensor([1.5, 3.0]))
     polyak_(target, params, 0.25)  # twice: (1 - a)^2 theta_bar + (1 - (1 - a)^2) theta
     torch.testing.assert_close(target[0], 0.5625 * torch.tensor([1.0, 2.0]) + 0.4375 * torch.tensor([3.0, 6.0]))
+
+
+def test_a_logged_token_below_the_support_floor_stays_out_of_the_max():
+    """The logged token at s' has pi_phi = 1e-6 and p_bar = 5e-4 (the loss's uniform spread): its ratio 500
+    would make V = 1. Below the floor it is left out like any top-k token: V is the in-support max."""
+    lbar = torch.tensor([[math.log(5e-4), math.log(0.3), math.log(0.1)]])
+    lphi = torch.tensor([[math.log(1e-6), math.log(0.6), math.log(0.2)]])
+    torch.testing.assert_close(next_state_values(lbar, lphi), torch.tensor([0.5]))
+    at_floor = torch.tensor([[math.log(2e-3), math.log(0.3)]]), torch.tensor([[math.log(1e-3), math.log(0.6)]])
+    torch.testing.assert_close(next_state_values(*at_floor), torch.tensor([1.0]))  # in the support: counted
+    nothing = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(1e-4)]])
+    torch.testing.assert_close(next_state_values(*nothing), torch.tensor([0.0]))

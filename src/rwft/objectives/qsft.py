@@ -11,7 +11,7 @@ state s_t is everything before it, and the model's logits at t - 1 give p(. | s_
   is skipped: its reward is added, discounted, to the return on the way (an n-step target through it).
   After the last agent turn there is no next state: B = r.
 - ``next_state_values``: max_a' p_bar(a'|s') / pi_phi(a'|s') over a finite support, the behaviour policy's
-  top-k tokens at s' (those with pi_phi >= ``SUPPORT_MIN_PROB``) plus the logged token at s'. The paper's max
+  top-k tokens at s' and the logged token at s', each only when pi_phi >= ``SUPPORT_MIN_PROB``. The paper's max
   runs over the whole vocabulary, where the ratio is unbounded: p_bar spreads (1 - B)/(V - 1) over every
   token the data never shows while pi_phi may give such a token 1e-9, so the max would be decided by tokens
   the behaviour policy never takes. Restricting it to the behaviour's support is the usual conservative
@@ -31,6 +31,8 @@ max over a' is restricted to the support.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -73,11 +75,18 @@ def transitions(turn_index: np.ndarray, turn_rewards: np.ndarray, gamma: float
 
 
 def next_state_values(logp_target: torch.Tensor, logp_behaviour: torch.Tensor) -> torch.Tensor:
-    """V(s') = min(1, max_{a' in S} p_bar(a'|s') / pi_phi(a'|s')) over the last dimension (the support S);
-    entries with ``logp_behaviour`` = -inf are outside the support (0 if none is in it)."""
-    ratio = torch.exp(logp_target - logp_behaviour).nan_to_num(0.0)
-    ratio = torch.where(torch.isfinite(logp_behaviour), ratio, torch.zeros_like(ratio))
-    return ratio.amax(dim=-1).clamp(0.0, 1.0)
+    """V(s') = min(1, max_{a' in S} p_bar(a'|s') / pi_phi(a'|s')) over the last dimension, S = the entries with
+    pi_phi >= ``SUPPORT_MIN_PROB`` (0 if none is in it).
+
+    The floor holds for every entry, the logged token's included: below it p_bar(a') ~ B pi_beta(a') + e with
+    the loss's uniform spread e ~ (1 - B) / (V - 1), so the ratio is e / pi_phi(a'), decided by the spread and
+    not by B (a logged token with pi_phi = 1e-6 and a 2048-token vocabulary gives ratio ~ 500, V = 1). Dividing
+    by the floor instead would still add up to e / floor to every such ratio and make the logged token's
+    estimate unlike the top-k's; leaving it out is the support's own rule (its Q-value is still learned, as a
+    target of its own state)."""
+    inside = logp_behaviour >= math.log(SUPPORT_MIN_PROB)
+    ratio = torch.exp(logp_target - torch.where(inside, logp_behaviour, torch.zeros_like(logp_behaviour)))
+    return torch.where(inside, ratio, torch.zeros_like(ratio)).amax(dim=-1).clamp(0.0, 1.0)
 
 
 def bellman_targets(reward: torch.Tensor, discount: torch.Tensor, nxt: torch.Tensor, values: torch.Tensor
