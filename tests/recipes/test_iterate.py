@@ -186,12 +186,38 @@ def test_served_generator_gets_each_synced_adapter(tmp_path):
     finally:
         server.close()
     loads = [b for p, b in server.posts if p.endswith("/load_lora_adapter")]
-    assert [Path(b["lora_path"]).name for b in loads] == ["step-2", "step-4"]
+    assert [Path(b["lora_path"]).name[:7] for b in loads] == ["step-2-", "step-4-"]
     assert all((Path(b["lora_path"]) / "adapter_config.json").exists() for b in loads)
+    assert [b["lora_name"].rsplit("-", 2)[1:] for b in loads] == [Path(b["lora_path"]).name.split("-")[1:]
+                                                                 for b in loads]  # the step and the digest
     names = [b["model"] for b in server.chats()]
     assert len(names) == 16 and names[:8] == ["pi0"] * 8 and set(names[8:]) == {loads[0]["lora_name"]}
     rows = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
     assert rows[-1]["kl"] > 0  # the adapter trained
+
+
+def test_served_sync_never_loads_an_adapter_left_by_a_killed_run(tmp_path):
+    """A run killed after saving its step-2 adapter but before its checkpoint leaves that directory behind; the
+    rerun trains step 2 again (the server's samples may differ) and must load its own weights, under a name the
+    server has not seen with other weights."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "rollout"))
+    from test_http_policy import Server
+
+    out = tmp_path / "run"
+    for stale in ("step-2", "step-2-00000000"):  # what the killed run left (the old and the new naming)
+        (out / "adapters" / stale).mkdir(parents=True)
+        (out / "adapters" / stale / "adapter_config.json").write_text("{}")
+    server = Server(lambda body: "word " * (body["seed"] % 7))
+    try:
+        assert main(["iterate", "--output", str(out), *BASE, "--objective", "grpo", "--sync-every", "2", "--steps",
+                     "2", "--lora", "true", "--generator-url", server.url, "--served-model", "pi0"]) == 0
+    finally:
+        server.close()
+    (load,) = [b for p, b in server.posts if p.endswith("/load_lora_adapter")]
+    loaded = load_file(Path(load["lora_path"]) / "adapter_model.safetensors")
+    final = load_file(out / "model" / "adapter_model.safetensors")  # the trainer after step 2, the sync
+    assert loaded.keys() == final.keys() and all(torch.equal(loaded[k], final[k]) for k in final)
+    assert not load["lora_name"].endswith("00000000")
 
 
 def test_unreachable_server_and_full_weight_sync_are_refused_before_writing(tmp_path, capsys):

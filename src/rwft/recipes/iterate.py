@@ -188,17 +188,31 @@ class Served:
         self.tag = f"rwft-{stable_tag(out)}"
 
     def load(self, step: int) -> None:
-        """Save the trainer's adapter (at its sync ``step``) and make the server generate with it."""
+        """Save the trainer's adapter (at its sync ``step``) and make the server generate with it.
+
+        The directory (``OUTPUT/adapters/step-N-DIGEST``) and the name the server knows it by carry a digest of
+        the adapter's weights: a rerun after a kill, which may train other weights to the same step, never loads
+        an adapter left under that step, and the server's caches keyed by the name (vLLM's prefix cache) never
+        mix two adapters."""
+        import hashlib
+        import shutil
+
         from rwft.rollout.http_policy import load_lora_adapter, unload_lora_adapter
 
-        path = (self.out / "adapters" / f"step-{step}").resolve()
-        if not (path / "adapter_config.json").exists():
-            self.learner.model.save_pretrained(path)
-        name, old = f"{self.tag}-{step}", self.policy.model
-        unload_lora_adapter(self.config.generator_url, name, self.config.api_key_env)  # a stale load of a rerun
+        tmp = self.out / "adapters" / f".step-{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.learner.model.save_pretrained(tmp)
+        digest = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()[:8]
+        path = (self.out / "adapters" / f"step-{step}-{digest}").resolve()
+        if path.exists():  # the same weights saved before (a resume reloads its last sync)
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, path)
+        name, old = f"{self.tag}-{step}-{digest}", self.policy.model
+        unload_lora_adapter(self.config.generator_url, name, self.config.api_key_env)  # loaded before a restart
         load_lora_adapter(self.config.generator_url, name, str(path), self.config.api_key_env)
         self.policy.model = name
-        if old != self.config.served_model:
+        if old not in (self.config.served_model, name):
             unload_lora_adapter(self.config.generator_url, old, self.config.api_key_env)
 
 
