@@ -18,14 +18,14 @@ from rwft.train.trainers import TrainConfig, train
 
 @pytest.fixture
 def twelve(tmp_path) -> Path:
-    """12 conversations (3 agent turns each) of different lengths; rewards in [0, 1], four of them per turn
-    (as ``rwft label --per-turn`` writes them: redistributed, one negative)."""
+    """12 conversations (3 agent turns each) of different lengths; rewards in [0, 1], three of them per turn
+    (one negative; every reward-to-go in [0, 1] at gamma 0.9 and 1)."""
     records = sample_records(36)[::3][:12]
     for i, r in enumerate(records):
         r["reward"] = round(0.08 * i, 2)
-        if i % 3 == 0:
+        if i % 3 == 0 and i:
             agent = [m for m in r["messages"] if m["role"] == "assistant"]
-            for m, x in zip(agent, (0.5, -0.25, r["reward"] - 0.25), strict=True):
+            for m, x in zip(agent, (-0.1, 0.2, r["reward"] - 0.1), strict=True):
                 m["reward"] = x
     return write_jsonl(tmp_path / "twelve.jsonl", records)
 
@@ -132,7 +132,7 @@ def test_the_cached_behaviour_figures_are_the_behaviour_models(tmp_path, twelve)
     want = np.where(top.values.numpy() >= np.log(1e-3), top.values.numpy(), -np.inf)
     np.testing.assert_allclose(row["phi_lp"].reshape(-1, 4), want, atol=1e-5)
     # the conversation's turn rewards travel with its row (row 3 carries message rewards)
-    np.testing.assert_allclose(row["turn_rewards"], [0.5, -0.25, 0.24 - 0.25], atol=1e-6)
+    np.testing.assert_allclose(row["turn_rewards"], [-0.1, 0.2, 0.24 - 0.1], atol=1e-6)
     assert not (tmp_path / "o").exists()
 
 
@@ -140,15 +140,62 @@ def test_rewards_outside_the_unit_interval_are_refused_with_the_file_named(tmp_p
     records = [json.loads(line) for line in twelve.read_text().splitlines()]
     records[5]["reward"] = -3.0
     bad = write_jsonl(tmp_path / "bad.jsonl", records)
-    with pytest.raises(RwftError, match=r"bad\.jsonl: conversation 6 .*reward -3 outside \[0, 1\]"):
-        train(_config(bad, tmp_path / "o"))
+    with pytest.raises(RwftError, match=r"bad\.jsonl: conversation 6 .*reward-to-go -2\.43 from agent turn 1 outside"):
+        train(_config(bad, tmp_path / "o"))  # gamma 0.9: G_1 = 0.81 * -3
     assert not (tmp_path / "o").exists()
     records[5]["reward"] = 0.5
-    records[0]["messages"][1]["reward"] = 2.0  # a turn reward out of range (the return may still be in [0, 1])
-    records[0]["messages"][3]["reward"] = -1.5
-    with pytest.raises(RwftError, match=r"bad2\.jsonl: conversation 1 .*turn reward"):
+    records[3]["messages"][1]["reward"] = 0.9  # the return is still in [0, 1], the second turn's G is not
+    records[3]["messages"][3]["reward"] = -0.5
+    with pytest.raises(RwftError, match=r"bad2\.jsonl: conversation 4 .*reward-to-go -0\.\d+ from agent turn 2"):
         train(_config(write_jsonl(tmp_path / "bad2.jsonl", records), tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_per_turn_credits_are_refused_with_the_record_named(tmp_path, twelve):
+    """rwft label --per-turn's credits (metadata.per_turn) would make Q-SFT's Q-values the outcome less each
+    prefix's score; refused (with or without --rescale-rewards) before anything is written."""
+    records = [json.loads(line) for line in twelve.read_text().splitlines()]
+    agent = [m for m in records[7]["messages"] if m["role"] == "assistant"]
+    for m, x in zip(agent, (0.3, 0.2, records[7]["reward"] - 0.5), strict=True):
+        m["reward"] = x  # every reward-to-go in [0, 1]: only the label gives it away
+    records[7]["metadata"] = {"per_turn": {"method": "redistribution", "prefix_scores": [0.3, 0.5, 0.56]}}
+    path = write_jsonl(tmp_path / "credit.jsonl", records)
+    for rescale in (False, True):
+        with pytest.raises(RwftError, match=r"credit\.jsonl: conversation 8 .*rwft label --per-turn"):
+            train(_config(path, tmp_path / "o", rescale_rewards=rescale))
+        assert not (tmp_path / "o").exists()
+
+
+def _rescaled_reward_to_go(records: list[dict], path: Path, gamma: float) -> list[np.ndarray]:
+    from rwft.data.dataset import read_dataset
+    from rwft.train.qsft import qsft_turn_rewards
+
+    offsets, values = qsft_turn_rewards(read_dataset(write_jsonl(path, records)), path, rescale=True, gamma=gamma)
+    out = []
+    for a, b in zip(offsets[:-1], offsets[1:], strict=True):
+        r = values[a:b]
+        out.append(np.array([sum(gamma ** (j - t) * r[j] for j in range(t, len(r))) for t in range(len(r))]))
+    return out
+
+
+def test_rescaling_maps_every_reward_to_go_onto_the_unit_interval(tmp_path):
+    """Twenty-questions' -1 per turn, games of 5 to 8 turns: the returns span [-8, -5], but the last turn's
+    reward-to-go is -1; every state's G_t lands in [0, 1], an affine map of the original (gamma 1 and 0.9)."""
+    records = []
+    for k in (5, 8, 6, 7, 8):
+        messages = [{"role": "user", "content": "Think of an object."}]
+        for t in range(k):
+            messages += [{"role": "assistant", "content": f"Is it alive? ({t})", "reward": -1.0},
+                         {"role": "user", "content": "No."}]
+        records.append({"messages": messages, "reward": -float(k)})
+    for gamma in (1.0, 0.9):
+        got = _rescaled_reward_to_go(records, tmp_path / f"tq{gamma}.jsonl", gamma)
+        every = np.concatenate(got)
+        assert every.min() == pytest.approx(0.0, abs=1e-9) and every.max() == pytest.approx(1.0, abs=1e-9)
+        original = [np.array([-sum(gamma ** j for j in range(k - t)) for t in range(k)])
+                    for k in (5, 8, 6, 7, 8)]
+        flat = np.concatenate(original)
+        np.testing.assert_allclose(every, (flat - flat.min()) / (flat.max() - flat.min()), atol=1e-9)
 
 
 def test_rescaling_maps_the_returns_onto_the_unit_interval(tmp_path):

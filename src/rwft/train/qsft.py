@@ -48,7 +48,7 @@ from rwft.objectives.qsft import SUPPORT_MIN_PROB, bellman_targets, next_state_v
 from rwft.train import skeleton, weighted
 from rwft.train.weighted import TrainConfig, WeightedTrainer, model_inputs
 
-CACHE_VERSION = "q1"
+CACHE_VERSION = "q2"
 TARGET_FILE = "qsft_target.safetensors"
 Q_ZERO = {"target": 0.0, "ratio": 0.0, "next": 0.0, "n": 0, "n_next": 0}
 
@@ -64,7 +64,7 @@ def prepare(config: TrainConfig, tokenizer) -> skeleton.Prepared:
     from rwft.data.dataset import prepare_training_data, read_dataset
 
     raw = read_dataset(config.data, config.agent_role, require_reward=True)
-    offsets, values = qsft_turn_rewards(raw, config.data, config.rescale_rewards)
+    offsets, values = qsft_turn_rewards(raw, config.data, config.rescale_rewards, config.gamma)
     if not config.behaviour_model and config.world_size > 1:
         raise RwftError("--behaviour-model: required under a multi-process launch (train it first: "
                         "rwft train --objective sft ...)")
@@ -89,46 +89,78 @@ def prepare(config: TrainConfig, tokenizer) -> skeleton.Prepared:
     return skeleton.Prepared(data, stats, summary, {"behaviour": behaviour})
 
 
-def qsft_turn_rewards(ds, path, rescale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def qsft_turn_rewards(ds, path, rescale: bool = False, gamma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Q-SFT's reward of every agent turn of every row of a ``read_dataset`` dataset: ``(offsets, values)``.
 
-    The turn rewards are ``Conversation.turn_rewards`` (message-level rewards where the data has them, else
-    the conversation's reward on its last agent turn). Q-SFT needs returns in [0, 1]: without ``rescale``
-    every conversation's return (the sum of its turn rewards) must lie in [0, 1] and every turn reward in
-    [-1, 1], else RwftError naming the file, the record and the value. With ``rescale`` the returns are mapped
-    affinely onto [0, 1] (lowest return in the data -> 0, highest -> 1): every turn reward is divided by
-    (hi - lo) and -lo / (hi - lo) is added on each conversation's last agent turn."""
+    The turn rewards r_j are ``Conversation.turn_rewards`` (message-level rewards where the data has them, else
+    the conversation's reward on its last agent turn). Q-SFT's targets are Q-values, so every state's
+    reward-to-go G_t = sum_{j >= t} gamma^(j - t) r_j must lie in [0, 1]. Without ``rescale`` a G_t outside
+    it is refused (RwftError naming the file, the record, the turn and the value). With ``rescale`` every G_t
+    is mapped affinely, G'_t = a G_t + c with a = 1 / (hi - lo), c = -lo / (hi - lo) (lo, hi: the lowest and
+    highest G_t of the data), by r'_j = a r_j + c (1 - gamma) on every turn and + c gamma more on each
+    conversation's last turn (sum_{j >= t} gamma^(j - t) r'_j = a G_t + c (1 - gamma^(T - t)) + c gamma^(T - t)).
+
+    Turn rewards written by ``rwft label --per-turn`` (``metadata.per_turn``) are refused: they are R(<=t) -
+    R(<=t-1), so Q-SFT would learn G_t = R - R(<=t-1), the outcome less the judge's score of the prefix,
+    negative wherever the prefix score is above the outcome (most turns: the score is an ideal player's) and
+    clamped to 0 there, and rescaled they would set each state's scale by the prefix score, which the
+    extraction pi_phi exp(beta p_theta) does not undo. Q-SFT spreads the outcome over the turns by its own
+    backups; the credits sum to the same return."""
     from rwft.data.weighting import arrow_table, list_column
 
     table = arrow_table(ds)
     offsets, values = list_column(table.column("turn_rewards"))
-    lengths = np.diff(offsets)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    returns = np.bincount(rows, weights=values, minlength=len(lengths))
-    has = lengths > 0
+    values = np.asarray(values, dtype=np.float64)
 
     def where(i: int) -> str:
         return f"{path}: conversation {i + 1} (id {table.column('id')[i].as_py()!r})"
 
+    credited = _per_turn_credited(table.column("metadata"))
+    if len(credited):
+        raise RwftError(f"{where(int(credited[0]))}: turn rewards by rwft label --per-turn (metadata.per_turn) "
+                        "are refused by Q-SFT: its backups spread the conversation's reward over the turns "
+                        "themselves, and the credits would make its Q-values the outcome less the judge's score "
+                        "of each prefix; train on the logs without --per-turn (docs/qsft.md)")
+    rows, togo = reward_to_go(offsets, values, gamma)
     if not rescale:
-        bad = np.nonzero(has & ((returns < 0) | (returns > 1)))[0]
+        bad = np.nonzero((togo < -1e-6) | (togo > 1 + 1e-6))[0]
         if len(bad):
-            i = int(bad[0])
-            raise RwftError(f"{where(i)}: reward {returns[i]:g} outside [0, 1]; Q-SFT needs rewards in [0, 1] "
-                            "(scale them, or pass --rescale-rewards to map the data's returns onto [0, 1])")
-        bad = np.nonzero((values < -1) | (values > 1))[0]
-        if len(bad):
-            i = int(rows[bad[0]])
-            raise RwftError(f"{where(i)}: turn reward {values[bad[0]]:g} outside [-1, 1]; Q-SFT needs rewards in "
-                            "[0, 1] (scale them, or pass --rescale-rewards)")
+            j = int(bad[0])
+            i = int(rows[j])
+            raise RwftError(f"{where(i)}: reward-to-go {togo[j]:g} from agent turn {j - offsets[i] + 1} outside "
+                            f"[0, 1] (gamma {gamma:g}); Q-SFT needs every state's reward-to-go in [0, 1] (scale "
+                            "the rewards, or pass --rescale-rewards to map them onto [0, 1])")
         return offsets, values
-    lo, hi = (float(returns[has].min()), float(returns[has].max())) if has.any() else (0.0, 0.0)
+    lo, hi = (float(togo.min()), float(togo.max())) if len(togo) else (0.0, 0.0)
     if hi - lo < 1e-12:
-        raise RwftError(f"{path}: --rescale-rewards: every conversation has the same return ({lo:g}); "
+        raise RwftError(f"{path}: --rescale-rewards: every state has the same reward-to-go ({lo:g}); "
                         "there is nothing to learn from")
-    values = values / (hi - lo)
-    values[offsets[1:][has] - 1] += -lo / (hi - lo)
+    a, c = 1.0 / (hi - lo), -lo / (hi - lo)
+    values = a * values + c * (1.0 - gamma)
+    lengths = np.diff(offsets)
+    values[offsets[1:][lengths > 0] - 1] += c * gamma
     return offsets, values
+
+
+def reward_to_go(offsets: np.ndarray, values: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each turn, G_j = r_j + gamma G_{j+1} within the row) of flat per-row turn rewards."""
+    lengths = np.diff(offsets)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    back = offsets[1:][rows] - 1 - np.arange(len(values))  # turns after this one in its row
+    togo = values.astype(np.float64).copy()
+    for k in range(1, int(back.max(initial=0)) + 1):
+        at = np.nonzero(back == k)[0]
+        togo[at] += gamma * togo[at + 1]
+    return rows, togo
+
+
+def _per_turn_credited(metadata) -> np.ndarray:
+    """Rows whose metadata (JSON strings) holds ``per_turn``, as ``rwft label --per-turn`` writes it."""
+    import pyarrow.compute as pc
+
+    maybe = np.nonzero(pc.match_substring(metadata, '"per_turn"').to_numpy(zero_copy_only=False))[0]
+    return np.array([i for i in maybe if isinstance(json.loads(metadata[int(i)].as_py()).get("per_turn"), dict)],
+                    dtype=np.int64)
 
 
 def _resolve(name: str) -> str:
@@ -163,7 +195,8 @@ def _model_stamp(path: Path) -> list:
 def behaviour_cache(data, behaviour: Path, k: int):
     """pi_phi's figures for every row of ``data`` (aligned with it), computed once and cached:
     ``phi_logp`` (per agent token: log pi_phi of the logged token), ``phi_ids`` / ``phi_lp`` (per agent
-    token, k each, flat: the top-k tokens and their log-probabilities; -inf below ``SUPPORT_MIN_PROB``)."""
+    token, k each, flat: the top-k tokens and their log-probabilities; -inf below ``SUPPORT_MIN_PROB``).
+    Agent tokens are those of ``action_turns`` (never position 0)."""
     import datasets
     from datasets.table import MemoryMappedTable
 
@@ -207,7 +240,7 @@ def _write_cache(path: Path, data, behaviour: Path, k: int, batch: int = 16, chu
                 am = (torch.arange(x.size(1))[None, :] < torch.as_tensor(lens[part])[:, None]).long()
                 logits = model(input_ids=x.to(device), attention_mask=am.to(device)).logits
                 for j, r in enumerate(part):
-                    pos = torch.as_tensor(np.nonzero(np.asarray(rows["turn_index"][r]) >= 0)[0])
+                    pos = torch.as_tensor(np.nonzero(action_turns(rows["turn_index"][r]) >= 0)[0])
                     lp = torch.log_softmax(logits[j, pos - 1].float(), dim=-1)
                     logged = lp.gather(-1, x[j, pos].to(device)[:, None]).squeeze(-1)
                     top_lp, top_ids = lp.topk(min(k, lp.size(-1)), dim=-1)
@@ -216,6 +249,15 @@ def _write_cache(path: Path, data, behaviour: Path, k: int, batch: int = 16, chu
                               top_lp.cpu().numpy().ravel())
             writer.write_batch(pa.RecordBatch.from_arrays(
                 [pa.array([o[c] for o in out], type=f.type) for c, f in enumerate(schema)], schema=schema))
+
+
+def action_turns(turn_index) -> np.ndarray:
+    """The row's turn indices with position 0 set to -1: no logit predicts the first token (it has no state
+    before it), so it is never an action; everything Q-SFT computes per agent token (the behaviour cache, the
+    labels, the transitions) uses these."""
+    ti = np.array(turn_index, dtype=np.int64)
+    ti[:1] = -1
+    return ti
 
 
 class QCollator:
@@ -237,7 +279,7 @@ class QCollator:
         top_lp = np.full((b, n, k), -np.inf, dtype=np.float32)
         attention = np.zeros((b, n), dtype=np.int64)
         for i, r in enumerate(rows):
-            x, ti = np.asarray(r["input_ids"], dtype=np.int64), np.asarray(r["turn_index"], dtype=np.int64)
+            x, ti = np.asarray(r["input_ids"], dtype=np.int64), action_turns(r["turn_index"])
             m = len(x)
             agent = np.nonzero(ti >= 0)[0]
             ids[i, :m], attention[i, :m] = x, 1
