@@ -58,3 +58,56 @@ def test_one_progress_bar_and_quiet_prints_nothing(tmp_path, capfd):
     assert "eval mcqa" in err and "collect" not in err and "6/6" in err  # one bar over both seeds
     run_eval(EvalConfig(output=str(tmp_path / "b"), quiet=True, **cfg))
     assert capfd.readouterr() == ("", "")
+
+
+def test_eval_hands_the_judge_options_to_the_endpoints(tmp_path):
+    """--api-model reaches the policy's and the judge's endpoint, --judge-retries the rubric judge (1 + retries
+    requests for a reply that never parses, then reward null with the reason)."""
+    from openai_stub import StubServer
+
+    def reply(msgs, body):
+        return "I refuse to grade." if "You are grading" in msgs[-1]["content"] else "The answer is A."
+
+    server = StubServer(reply)
+    try:
+        run_eval(EvalConfig(policy=server.url, env="mcqa", output=str(tmp_path / "e"), episodes=2, seeds=[1],
+                            judge="rubric", judge_model=server.url, api_model="m", judge_retries=1, quiet=True))
+    finally:
+        server.close()
+    assert {body["model"] for _, body in server.requests} == {"m"}
+    judged = [body for _, body in server.requests if "You are grading" in body["messages"][-1]["content"]]
+    assert len(judged) == 2 * 2
+    recs = [json.loads(x) for x in (tmp_path / "e" / "episodes-s1.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["reward"] is None and "after 2 tries" in r["metadata"]["judge_failure"]
+                                  for r in recs)
+
+
+def test_judge_options_defined_once_with_the_verbs_defaults():
+    """collect, label and eval take the judge options from one mixin, each documented (the CLI help); label
+    keeps its own default judge."""
+    import dataclasses
+
+    from rwft.cli import field_docs
+    from rwft.rollout.collect import CollectConfig
+    from rwft.rollout.judges import JudgeOptions
+    from rwft.rollout.label import LabelConfig
+
+    names = [f.name for f in dataclasses.fields(JudgeOptions)]
+    assert names == ["judge", "judge_model", "judge_retries", "api_model", "api_key_env"]
+    defaults = {}
+    for cls in (CollectConfig, LabelConfig, EvalConfig):
+        assert issubclass(cls, JudgeOptions) and set(names) <= set(field_docs(cls))
+        defaults[cls.__name__] = {f.name: f.default for f in dataclasses.fields(cls) if f.name in names}
+    assert defaults["CollectConfig"] == defaults["EvalConfig"] == {
+        "judge": "env", "judge_model": "", "judge_retries": 2, "api_model": "", "api_key_env": "OPENAI_API_KEY"}
+    assert defaults["LabelConfig"] == {**defaults["CollectConfig"], "judge": "exact"}
+
+
+@pytest.mark.parametrize("kw,match", [(dict(judge_retries=-1), "--judge-retries"), (dict(batch_size=0), "--batch-size"),
+                                      (dict(judge="rubric"), "--judge-model"), (dict(temperature=-1.0), "temperature")])
+def test_options_checked_as_rwft_collect_checks_them(tmp_path, kw, match):
+    from rwft.errors import RwftError
+
+    with pytest.raises(RwftError, match=match):
+        run_eval(EvalConfig(policy="scripted:1", env="mcqa", output=str(tmp_path / "out"), episodes=2, **kw))
+    assert not (tmp_path / "out").exists()

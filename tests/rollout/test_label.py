@@ -83,6 +83,9 @@ def test_label_errors(tmp_path, logs):
     path, _ = logs
     with pytest.raises(RwftError, match="judge-model"):
         run_label(LabelConfig(data=str(path), out=str(tmp_path / "o.jsonl"), judge="rubric"))
+    with pytest.raises(RwftError, match="judge-retries"):
+        run_label(LabelConfig(data=str(path), out=str(tmp_path / "o.jsonl"), judge_retries=-1))
+    assert not (tmp_path / "o.jsonl").exists()
     with pytest.raises(RwftError, match="must differ"):
         run_label(LabelConfig(data=str(path), out=str(path)))
     with pytest.raises(RwftError, match="no such file"):

@@ -22,17 +22,21 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rwft.errors import RwftError
 from rwft.eval import metrics as M
+from rwft.rollout.judges import JudgeOptions
+
+if TYPE_CHECKING:
+    from rwft.rollout.collect import CollectConfig
 
 SKIP_META = {"seed", "sample", "temperature", "env_reward", "truncated_actions", "judge_failure"}
 
 
 @dataclass
-class EvalConfig:
-    """Options of ``rwft eval``."""
+class EvalConfig(JudgeOptions):
+    """Options of ``rwft eval`` (the judge's: ``JudgeOptions``)."""
 
     policy: str
     """The policy: a checkpoint directory, a preset (tiny, smollm2-135m), scripted[:SKILL] or an http(s) URL."""
@@ -48,10 +52,6 @@ class EvalConfig:
     """Environment options as key=value (e.g. source=arithmetic split=test)."""
     temperature: float = 0.7
     """Sampling temperature of the policy (0 is greedy)."""
-    judge: str = "env"
-    """env, exact, rubric[.DIM] or a weighted combination (see rwft collect --help)."""
-    judge_model: str = ""
-    """Model preset/directory or http(s):// URL of a rubric judge."""
     max_new_tokens: int = 96
     """Tokens generated per agent turn."""
     qsft_beta: float = 0.0
@@ -109,40 +109,43 @@ def flat(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: (v["mean"] if isinstance(v, dict) else float(v)) for k, v in metrics.items()}
 
 
-def collect_seed(config: EvalConfig, seed: int, out: Path, policy: Any = None, judge_backend: Any = None,
+def collect_config(config: EvalConfig, seed: int) -> CollectConfig:
+    """The ``rwft collect`` run that plays one evaluation seed into ``OUTPUT/episodes-sSEED.jsonl``."""
+    from rwft.rollout.collect import CollectConfig
+
+    return CollectConfig(
+        env=config.env, out=str(Path(config.output) / f"episodes-s{seed}.jsonl"), policy=config.policy,
+        contexts=config.episodes, samples_per_context=1, temperatures=[config.temperature], seed=seed,
+        env_args=list(config.env_args), batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+        progress=config.progress and not config.quiet, quiet=config.quiet, qsft_beta=config.qsft_beta,
+        **config.judge_options(),
+    )
+
+
+def collect_seed(config: EvalConfig, seed: int, policy: Any = None, judge_backend: Any = None,
                  bar: Any = None) -> list[dict[str, Any]]:
     """The episodes of one evaluation seed (played by rwft collect, resumed if already there)."""
     from rwft.data.io import load_conversations
-    from rwft.rollout.collect import CollectConfig, run_collect
+    from rwft.rollout.collect import run_collect
 
-    path = out / f"episodes-s{seed}.jsonl"
-    run_collect(CollectConfig(
-        env=config.env, out=str(path), policy=config.policy, contexts=config.episodes, samples_per_context=1,
-        temperatures=[config.temperature], seed=seed, env_args=list(config.env_args), judge=config.judge,
-        judge_model=config.judge_model, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-        progress=config.progress and not config.quiet, quiet=config.quiet, qsft_beta=config.qsft_beta,
-    ), policy=policy, judge_backend=judge_backend, bar=bar)
-    return [c.to_record() for c in load_conversations(path, require_reward=False)]
+    run = collect_config(config, seed)
+    run_collect(run, policy=policy, judge_backend=judge_backend, bar=bar)
+    return [c.to_record() for c in load_conversations(run.out, require_reward=False)]
 
 
 def load_inputs(config: EvalConfig) -> tuple[Any, Any, Any]:
     """Check the options and load the policy, the rubric judge's model and the perplexity model, before anything
     is written: ``(policy, judge_backend or None, (model, tokenizer) or None)``."""
     from rwft.rollout.envs.base import make_env
-    from rwft.rollout.judges import parse_spec
     from rwft.rollout.policies import make_policy
 
     if config.episodes < 1 or not config.seeds:
         raise RwftError("--episodes must be positive and --seeds non-empty")
-    if config.batch_size < 1 or config.max_new_tokens < 1:
-        raise RwftError("--batch-size and --max-new-tokens must be positive integers")
+    collect_config(config, config.seeds[0]).check()  # the options eval hands to rwft collect
     env = make_env(config.env, config.env_args)
-    judge_backend = None
-    if any(kind == "rubric" for kind, _, _ in parse_spec(config.judge)):
-        if not config.judge_model:
-            raise RwftError(f"--judge {config.judge}: the rubric judge needs --judge-model")
-        judge_backend = make_policy(config.judge_model, None, 64)
-    policy = make_policy(config.policy, env, config.max_new_tokens, qsft_beta=config.qsft_beta)
+    judge_backend = config.judge_backend()
+    policy = make_policy(config.policy, env, config.max_new_tokens, config.api_model, config.api_key_env,
+                         config.qsft_beta)
     ppl = None
     if config.ppl_model:
         from rwft.presets import load_model, load_tokenizer
@@ -163,7 +166,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     bar = tqdm(total=config.episodes * len(config.seeds), desc=f"eval {config.env}", unit="ep",
                disable=config.quiet or not config.progress)
     with bar:
-        per_seed = {s: collect_seed(config, s, out, policy, judge_backend, bar) for s in config.seeds}
+        per_seed = {s: collect_seed(config, s, policy, judge_backend, bar) for s in config.seeds}
     embedder = None
     if config.similarity and any("reference" in r.get("metadata", {}) for rs in per_seed.values() for r in rs):
         embedder = M.Embedder()

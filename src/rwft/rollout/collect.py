@@ -26,18 +26,31 @@ from typing import Any
 from rwft.data.io import JsonlAppender, count_complete_lines, write_text_atomic
 from rwft.errors import RwftError
 from rwft.rollout.envs.base import Environment, Episode, Task, make_env, options_dict
-from rwft.rollout.judges import Judge, JudgeItem, make_judge, parse_spec
+from rwft.rollout.judges import Judge, JudgeItem, JudgeOptions
 from rwft.rollout.policies import make_policy, turn_seed
 
 MAX_TURNS = 200
 
 
-@dataclass
-class CollectConfig:
-    env: str
-    """environment: mcqa, clarify or twenty-questions"""
+@dataclass(kw_only=True)
+class OutputOptions:
+    """The output options of the verbs that write a resumable JSONL file, ``rwft collect`` and ``label`` (see
+    ``check_output``): a mixin of their configs (keyword-only, so it goes before their required fields)."""
+
     out: str
     """output JSONL file (appended to and resumed; see --overwrite)"""
+    overwrite: bool = False
+    """start over: delete OUT and its sidecar first"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+@dataclass
+class CollectConfig(OutputOptions, JudgeOptions):
+    """Options of ``rwft collect`` (the output's: ``OutputOptions``; the judge's: ``JudgeOptions``)."""
+
+    env: str
+    """environment: mcqa, clarify or twenty-questions"""
     policy: str = "scripted"
     """scripted, scripted:SKILL (0-1), scripted:mixed, a model preset/directory/hub id, or an http(s):// URL"""
     contexts: int = 10
@@ -50,26 +63,12 @@ class CollectConfig:
     """seed of the task draw and of every generation"""
     env_args: list[str] = field(default_factory=list)
     """environment options as key=value (e.g. source=arithmetic difficulty=3 mode=clarifying)"""
-    judge: str = "env"
-    """env, exact, rubric[.DIM] or a weighted combination such as exact:0.5,rubric:0.5"""
-    judge_model: str = ""
-    """model preset/directory or http(s):// URL of the rubric judge"""
-    judge_retries: int = 2
-    """extra tries for an unparseable judge reply before it is recorded as a failure"""
-    api_model: str = ""
-    """model name sent to an http(s):// endpoint (policy and judge)"""
-    api_key_env: str = "OPENAI_API_KEY"
-    """name of the environment variable holding the endpoint's API key (the key is never written)"""
     batch_size: int = 32
     """episodes advanced together (one generate call per turn)"""
     max_new_tokens: int = 128
     """tokens generated per agent turn"""
     qsft_beta: float = 0.0
     """for a Q-SFT run as --policy: the acting beta of pi_phi * exp(beta * p_theta); 0 or less: qsft.json's"""
-    overwrite: bool = False
-    """start over: delete OUT and its sidecar first"""
-    progress: bool = True
-    """show a progress bar"""
     quiet: bool = False
     """print nothing (no progress bar, no messages); for callers such as rwft compare"""
 
@@ -81,8 +80,7 @@ class CollectConfig:
             raise RwftError("--temperatures: give at least one temperature")
         if any(t < 0 for t in self.temperatures):
             raise RwftError(f"--temperatures {self.temperatures}: temperatures must be >= 0")
-        if self.judge_retries < 0:
-            raise RwftError(f"--judge-retries {self.judge_retries}: expected >= 0")
+        self.check_judge()
 
 
 def fingerprint(config: Any, skip: tuple[str, ...] = ("out", "overwrite", "progress", "quiet")) -> dict[str, Any]:
@@ -194,8 +192,6 @@ def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any
 
     config.check()
     env = make_env(config.env, config.env_args)
-    if any(kind == "rubric" for kind, _, _ in parse_spec(config.judge)) and not config.judge_model:
-        raise RwftError(f"--judge {config.judge}: the rubric judge needs --judge-model")
     tasks = env.tasks(config.contexts, config.seed)
     m = config.samples_per_context
     order = [(i, j) for i in range(len(tasks)) for j in range(m)]
@@ -215,8 +211,7 @@ def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any
     if policy is None:
         policy = make_policy(config.policy, env, config.max_new_tokens, config.api_model, config.api_key_env,
                              config.qsft_beta)
-    judge = make_judge(config.judge, config.judge_model, config.api_model, config.api_key_env,
-                       config.judge_retries, config.seed, max_new_tokens=64, backend=judge_backend)
+    judge = config.build_judge(config.seed, backend=judge_backend)
     done = prepare_output(out, args, config.overwrite, "collect")  # the inputs loaded: now touch OUT
     summary["resumed_from"] = done
     temps_all = [config.temperatures[j % len(config.temperatures)] for _, j in order]

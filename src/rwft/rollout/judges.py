@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rwft.errors import RwftError
@@ -238,17 +238,65 @@ def parse_spec(spec: str) -> list[tuple[str, str, float]]:
     return comps
 
 
+def check_judge_spec(spec: str, judge_model: str) -> list[tuple[str, str, float]]:
+    """The components of ``spec`` (``parse_spec``); RwftError when one is a rubric and ``judge_model`` is empty."""
+    comps = parse_spec(spec)
+    if any(kind == "rubric" for kind, _, _ in comps) and not judge_model:
+        raise RwftError(f"--judge {spec}: the rubric judge needs --judge-model (a model or http(s):// URL)")
+    return comps
+
+
 def make_judge(spec: str, judge_model: str = "", api_model: str = "", api_key_env: str = "OPENAI_API_KEY",
                retries: int = 2, seed: int = 0, max_new_tokens: int = 64, backend: Any = None) -> Judge:
     """A judge from its command-line spec; ``backend`` (an object with ``generate``) overrides ``judge_model``."""
-    comps = parse_spec(spec)
+    comps = parse_spec(spec) if backend is not None else check_judge_spec(spec, judge_model)
     rubric = None
     if any(kind == "rubric" for kind, _, _ in comps):
         if backend is None:
-            if not judge_model:
-                raise RwftError(f"--judge {spec}: the rubric judge needs --judge-model (a model or http(s):// URL)")
             from rwft.rollout.policies import make_policy
 
             backend = make_policy(judge_model, None, max_new_tokens, api_model, api_key_env)
         rubric = RubricJudge(backend.generate, getattr(backend, "name", "judge"), retries, seed)
     return Judge(spec, comps, rubric)
+
+
+@dataclass(kw_only=True)
+class JudgeOptions:
+    """The judge options of ``rwft collect``, ``label`` and ``eval``: a mixin of their configs (keyword-only, so
+    it goes before their required fields). A verb with another default overrides just that field."""
+
+    judge: str = "env"
+    """env, exact, rubric[.DIM] or a weighted combination such as exact:0.5,rubric:0.5"""
+    judge_model: str = ""
+    """model preset/directory or http(s):// URL of the rubric judge"""
+    judge_retries: int = 2
+    """extra tries for an unparseable judge reply before it is recorded as a failure"""
+    api_model: str = ""
+    """model name sent to http(s):// endpoints: the --judge-model's and, in collect and eval, the --policy's"""
+    api_key_env: str = "OPENAI_API_KEY"
+    """name of the environment variable holding the endpoint's API key (the key is never written)"""
+
+    def check_judge(self) -> None:
+        """RwftError for a bad --judge, a rubric judge without --judge-model or --judge-retries below 0; call it
+        before anything is loaded or written."""
+        if self.judge_retries < 0:
+            raise RwftError(f"--judge-retries {self.judge_retries}: expected >= 0")
+        check_judge_spec(self.judge, self.judge_model)
+
+    def judge_options(self) -> dict[str, Any]:
+        """These options as keyword arguments (to pass them on to another verb's config)."""
+        return {f.name: getattr(self, f.name) for f in fields(JudgeOptions)}
+
+    def judge_backend(self, max_new_tokens: int = 64) -> Any:
+        """The rubric judge's model, loaded (None when --judge has no rubric): loaded once, it serves several
+        ``build_judge`` calls."""
+        if not any(kind == "rubric" for kind, _, _ in check_judge_spec(self.judge, self.judge_model)):
+            return None
+        from rwft.rollout.policies import make_policy
+
+        return make_policy(self.judge_model, None, max_new_tokens, self.api_model, self.api_key_env)
+
+    def build_judge(self, seed: int, max_new_tokens: int = 64, backend: Any = None) -> Judge:
+        """The judge these options describe; its rubric model is ``backend`` if given, else loaded here."""
+        return make_judge(self.judge, self.judge_model, self.api_model, self.api_key_env, self.judge_retries,
+                          seed, max_new_tokens, backend)

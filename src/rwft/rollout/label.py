@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +31,19 @@ from rwft.data.conversation import Conversation
 from rwft.data.io import JsonlAppender, load_conversations
 from rwft.errors import RwftError
 from rwft.objectives.credit import redistribute
-from rwft.rollout.collect import check_output, fingerprint, prepare_output
-from rwft.rollout.judges import Judge, JudgeItem, JudgeResult, make_judge, parse_spec
+from rwft.rollout.collect import OutputOptions, check_output, fingerprint, prepare_output
+from rwft.rollout.judges import Judge, JudgeItem, JudgeOptions, JudgeResult
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(OutputOptions, JudgeOptions):
+    """Options of ``rwft label`` (the output's: ``OutputOptions``; the judge's: ``JudgeOptions``)."""
+
     data: str
     """conversations to label (JSONL, Parquet or a datasets directory)"""
-    out: str
-    """output JSONL file (resumed; see --overwrite)"""
-    judge: str = "exact"
-    """env, exact, rubric[.DIM] or a weighted combination such as exact:0.5,rubric:0.5"""
-    judge_model: str = ""
-    """model preset/directory or http(s):// URL of the rubric judge"""
-    judge_retries: int = 2
-    """extra tries for an unparseable judge reply before it is recorded as a failure"""
-    api_model: str = ""
-    """model name sent to an http(s):// judge endpoint"""
-    api_key_env: str = "OPENAI_API_KEY"
-    """name of the environment variable holding the endpoint's API key (the key is never written)"""
+    judge: str = field(default="exact", kw_only=True)
+    """env, exact, rubric[.DIM] or a weighted combination such as exact:0.5,rubric:0.5 (not env by default here:
+    logs from elsewhere carry no environment reward)"""
     only_missing: bool = False
     """judge only conversations whose reward is missing or null; copy the others unchanged"""
     agent_role: str = "assistant"
@@ -61,10 +54,6 @@ class LabelConfig:
     """tokens of the judge's reply"""
     seed: int = 0
     """seed of the judge's sampling on retries"""
-    overwrite: bool = False
-    """start over: delete OUT and its sidecar first"""
-    progress: bool = True
-    """show a progress bar"""
     per_turn: bool = False
     """also write turn-level rewards by redistribution: the judge scores the conversation cut after each agent
     turn, R(<=t), and agent turn t gets reward R(<=t) - R(<=t-1) (R(<=0) = 0), so they sum to the reward"""
@@ -88,9 +77,7 @@ def run_label(config: LabelConfig) -> dict[str, Any]:
 
     if config.batch_size < 1:
         raise RwftError(f"--batch-size {config.batch_size}: expected a positive integer")
-    comps = parse_spec(config.judge)
-    if any(kind == "rubric" for kind, _, _ in comps) and not config.judge_model:
-        raise RwftError(f"--judge {config.judge}: the rubric judge needs --judge-model")
+    config.check_judge()
     src = Path(config.data)
     if src.resolve() == Path(config.out).resolve():
         raise RwftError(f"--out {config.out}: must differ from --data")
@@ -103,8 +90,7 @@ def run_label(config: LabelConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"out": str(out), "conversations": len(convs), "resumed_from": done, "failures": 0}
     if done >= len(convs):
         return summary
-    judge = make_judge(config.judge, config.judge_model, config.api_model, config.api_key_env,
-                       config.judge_retries, config.seed, config.max_new_tokens)
+    judge = config.build_judge(config.seed, config.max_new_tokens)
     envs: dict[str, Any] = {}
     if config.per_turn and judge.uses_env:  # refuse logs the environment cannot score before writing
         for c in convs[done:]:
