@@ -113,6 +113,36 @@ def test_twenty_questions_dpo_pairs_wins_against_losses():
     assert all(won[c] and not won[j] and groups[c] == groups[j] for c, j in pairs)  # a win over a loss of one task
 
 
+def test_the_in_process_generator_notes_the_turns_it_cut():
+    """Generator (HFPolicy.from_model) marks a turn cut when it stopped at --max-new-tokens without the
+    end-of-sequence token: here row 0 is made to end at its second token, row 1 runs to the limit."""
+    from transformers import LogitsProcessor
+
+    from rwft.presets import load_model, load_tokenizer
+    from rwft.recipes.iterate import Generator
+
+    tok = load_tokenizer("tiny")
+
+    class EndRowZero(LogitsProcessor):
+        def __init__(self, width):
+            self.width = width
+
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] - self.width == 1:
+                scores[0] = float("-inf")
+                scores[0, tok.eos_token_id] = 0.0
+            return scores
+
+    policy = Generator.from_model(load_model("tiny").eval(), tok, max_new_tokens=5)
+    policy.logits_processors = [lambda ids, mask, cache: EndRowZero(ids.shape[1])]
+    env = CharsEnv()
+    episodes = [env.start(t) for t in env.tasks(2, 0)]
+    texts = policy.act(episodes, [1.0, 1.0], [1, 2])
+    assert policy.cut == [False, True]
+    assert "cut_turns" not in episodes[0].state and episodes[1].state["cut_turns"] == [0]
+    assert len(tok(texts[1], add_special_tokens=False).input_ids) >= 3  # it did run on
+
+
 def test_steps_log_syncs_and_mixed_envs(tmp_path):
     out = tmp_path / "run"
     assert main(["iterate", "--output", str(out), *BASE, "--objective", "grpo", "--sync-every", "2", "--steps", "4",

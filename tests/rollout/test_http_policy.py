@@ -49,8 +49,10 @@ class Server:
                 text = stub.reply(body)
                 if isinstance(text, tuple):  # (HTTP status, error body)
                     return self._send(text[1], text[0])
-                self._send({"choices": [{"message": {"role": "assistant", "content": text}}],
-                            "usage": {"completion_tokens": len(text.split())}})
+                words = len(text.split())  # a word per token: a reply of max_tokens words stopped at the limit
+                finish = "length" if words >= body.get("max_tokens", 1 << 30) else "stop"
+                self._send({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+                            "usage": {"completion_tokens": words}})
 
             def log_message(self, *args):
                 pass
@@ -123,6 +125,27 @@ def test_the_same_seeds_as_the_lockstep_collector():
     finally:
         server.close()
     assert [e.messages for e in served] == [e.messages for e in stepped]
+
+
+def test_turns_cut_at_max_tokens_are_noted_on_their_episodes():
+    """finish_reason "length" marks the turn in episode.state["cut_turns"], in play (every episode in flight) and in
+    the lockstep act alike."""
+    server = Server(lambda body: "Which one do you mean?" if body["seed"] % 2 else "Done: cat. " * 3)
+    try:
+        env = make_env("clarify", ENV_ARGS)
+        tasks = env.tasks(6, 0)
+        policy = OpenAIPolicy(server.url, "pi0", max_new_tokens=6)
+        played = run_episodes(env, policy, tasks, list(range(6)), [1.0] * 6, 0)
+        stepped = [env.start(t) for t in tasks]
+        texts = policy.act(stepped, [1.0] * 6, list(range(6)))
+    finally:
+        server.close()
+    for ep in played:
+        long = [t for t, m in enumerate(m for m in ep.messages if m["role"] == "assistant")
+                if len(m["content"].split()) >= 6]
+        assert ep.state.get("cut_turns", []) == long
+    assert any(ep.state.get("cut_turns") for ep in played)
+    assert [ep.state.get("cut_turns", []) for ep in stepped] == [[0] if len(t.split()) >= 6 else [] for t in texts]
 
 
 def test_lora_endpoints_and_server_checks():

@@ -231,3 +231,20 @@ def test_grpo_loss_and_gradient_equal_trls_grpo_trainer():
     theirs = dict(trainer.named_parameters())
     for name, p in theirs.items():
         assert torch.allclose(mine[name].grad, p.grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_the_end_of_turn_token_of_a_cut_turn_is_not_trained():
+    """A turn cut at --max-new-tokens (``metadata.cut_turns``) never sampled its end-of-turn marker: that one label
+    goes, the turn's other tokens and the other turns keep theirs."""
+    learner = Learner(LearnerConfig(policy="tiny", objective="grpo"))
+    msgs = [{"role": "user", "content": "Buy me a pet."}, {"role": "assistant", "content": "Which one do you mean"},
+            {"role": "user", "content": "A cat."}, {"role": "assistant", "content": "Done: cat."}]
+    rec = {"id": "a", "context_id": "a", "messages": msgs, "reward": 1.0, "metadata": {"env": "clarify"}}
+    whole = learner.collate([rec])["labels"][0]
+    cut = learner.collate([{**rec, "metadata": {"env": "clarify", "cut_turns": [0]}}])["labels"][0]
+    differ = (whole != cut).nonzero().flatten().tolist()
+    assert len(differ) == 1 and int(cut[differ[0]]) == -100
+    assert learner.tok.decode([int(whole[differ[0]])]) == "<|im_end|>"
+    first_turn_end = differ[0]
+    assert int(whole[first_turn_end - 1]) != -100  # the content before it is still trained
+    assert learner.tok.decode(whole[first_turn_end + 1:][whole[first_turn_end + 1:] != -100]).count("<|im_end|>") == 1

@@ -32,6 +32,9 @@ from typing import Any
 
 from rwft.data.io import cut_jsonl
 from rwft.errors import RwftError
+from rwft.rollout.envs.base import Episode
+from rwft.rollout.hf_policy import HFPolicy
+from rwft.rollout.http_policy import mark_cut
 from rwft.train.online import LearnerConfig
 
 VERIFIABLE = {"mcqa": "reward", "twenty-questions": "correct"}
@@ -149,6 +152,16 @@ def prompt_split(n: int, weights: list[float]) -> list[int]:
     return counts
 
 
+class Generator(HFPolicy):
+    """The in-process generator: an ``HFPolicy`` that notes the turns it cut at --max-new-tokens (``mark_cut``)."""
+
+    def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
+        texts = super().act(episodes, temperatures, seeds)
+        for ep, cut in zip(episodes, self.cut, strict=True):
+            mark_cut(ep, cut)
+        return texts
+
+
 def verdicts(records: list[dict[str, Any]]) -> list[float | None]:
     """Per record, None when its environment's reward is graded, else its ``VERIFIABLE`` field as a number."""
     out: list[float | None] = []
@@ -230,7 +243,6 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
     from rwft.rollout.collect import episode_records, run_episodes
     from rwft.rollout.envs.base import make_env, stable_int
     from rwft.rollout.judges import make_judge
-    from rwft.rollout.policies import HFPolicy
     from rwft.train import skeleton
     from rwft.train.online import Learner
 
@@ -250,8 +262,8 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
 
         torch.set_num_threads(config.threads)
     learner = Learner(config)
-    local = HFPolicy(config.policy, config.max_new_tokens, device="cpu", trust_remote_code=config.trust_remote_code)
-    local.model = learner.generator_model  # synced in place by the learner
+    local = Generator.from_model(learner.generator_model, learner.tok, name=config.policy,
+                                 max_new_tokens=config.max_new_tokens)  # synced in place by the learner
     learner.on_sync.append(local.reset_cache)
     judge = make_judge("env")
     say = (lambda *_: None) if config.quiet else print
@@ -288,8 +300,10 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
             temps = [config.temperature] * len(order)
             episodes = run_episodes(env, generator, [t for t, _ in order], samples, temps, step_seed)
             recs = episode_records(env, judge, config.policy, episodes, samples, temps, step_seed)
-            for r in recs:
+            for r, ep in zip(recs, episodes, strict=True):
                 r["metadata"]["iterate_step"] = step + 1
+                if ep.state.get("cut_turns"):  # the learner does not train their end-of-turn token
+                    r["metadata"]["cut_turns"] = ep.state["cut_turns"]
             records += recs
         check_rewards(records, config)
         if step == start:  # the first batch passed: the run is worth a directory

@@ -147,6 +147,8 @@ class HFPolicy:
         self._extra: list[Any] = []
         self.logits_processors: list[Any] = []
         """factories ``(input_ids, attention_mask, cache) -> LogitsProcessor``, see ``generate``"""
+        self.cut: list[bool] = []
+        """per row of the last ``generate``: True where it stopped at max_new_tokens (no end-of-sequence token)"""
 
     def _render(self, conv: list[dict[str, Any]], keep: int, tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The conversation's prompt ids, tool calls, tool results and ``tools`` rendered as training renders
@@ -271,6 +273,7 @@ class HFPolicy:
                                                                             self.device)]),
             )
         texts, gen_mask = [], torch.zeros_like(out[:, start:])
+        self.cut = [self.tok.eos_token_id not in row for row in out[:, start:].tolist()]
         for r, row in enumerate(out[:, start:].tolist()):
             if self.tok.eos_token_id in row:
                 row = row[: row.index(self.tok.eos_token_id) + 1]

@@ -47,9 +47,16 @@ class OpenAIPolicy:
         self.generated_tokens = 0
 
     def chat(self, messages: list[dict[str, Any]], temperature: float, seed: int, max_tokens: int | None = None) -> str:
-        """The reply to ``messages``. Within ``timeout`` seconds in all, a failed connection, a timeout, a 408 / 429 /
-        5xx or a reply that is not a chat completion is tried again (up to ``retries`` more times); any other
-        4xx is the request's fault and raises at once, with the server's message."""
+        """The reply to ``messages`` (see ``complete``)."""
+        return self.complete(messages, temperature, seed, max_tokens)[0]
+
+    def complete(self, messages: list[dict[str, Any]], temperature: float, seed: int,
+                 max_tokens: int | None = None) -> tuple[str, bool]:
+        """The reply to ``messages`` and whether it stopped at ``max_tokens`` (finish_reason "length").
+
+        Within ``timeout`` seconds in all, a failed connection, a timeout, a 408 / 429 / 5xx or a reply that is
+        not a chat completion is tried again (up to ``retries`` more times); any other 4xx is the request's
+        fault and raises at once, with the server's message."""
         body = {
             "model": self.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
@@ -68,7 +75,8 @@ class OpenAIPolicy:
                 data = json.loads(_post(url, body, self.api_key_env, left))
                 usage = data.get("usage") or {}
                 self.generated_tokens += int(usage.get("completion_tokens") or 0)
-                return str(data["choices"][0]["message"].get("content") or "")
+                choice = data["choices"][0]
+                return str(choice["message"].get("content") or ""), choice.get("finish_reason") == "length"
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code} {e.reason}: {server_message(e)}"
                 if 400 <= e.code < 500 and e.code not in (408, 429):
@@ -85,15 +93,23 @@ class OpenAIPolicy:
 
     def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
                  max_new_tokens: int | None = None) -> list[str]:
+        return [text for text, _ in self._complete_all(conversations, temperatures, seeds, max_new_tokens)]
+
+    def _complete_all(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
+                      max_new_tokens: int | None = None) -> list[tuple[str, bool]]:
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(conversations)))) as pool:
             futures = [
-                pool.submit(self.chat, c, t, s, max_new_tokens)
+                pool.submit(self.complete, c, t, s, max_new_tokens)
                 for c, t, s in zip(conversations, temperatures, seeds, strict=True)
             ]
             return [f.result() for f in futures]
 
     def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
-        return self.generate([ep.messages for ep in episodes], temperatures, seeds)
+        """The episodes' next turns; a turn cut at ``max_new_tokens`` is noted in ``mark_cut``'s list."""
+        replies = self._complete_all([ep.messages for ep in episodes], temperatures, seeds)
+        for ep, (_, cut) in zip(episodes, replies, strict=True):
+            mark_cut(ep, cut)
+        return [text for text, _ in replies]
 
     def play(self, env: Any, episodes: list[Episode], temperatures: list[float], seed_of: Callable[[int, int], int],
              max_turns: int) -> None:
@@ -106,7 +122,9 @@ class OpenAIPolicy:
                 if turn >= max_turns:
                     raise RwftError(f"env {env.name}: an episode passed {max_turns} turns "
                                     "(its stopping rule is broken)")
-                env.step(ep, self.chat(ep.messages, temperatures[k], seed_of(k, turn)))
+                text, cut = self.complete(ep.messages, temperatures[k], seed_of(k, turn))
+                mark_cut(ep, cut)
+                env.step(ep, text)
                 turn += 1
 
         if not episodes:
@@ -114,6 +132,13 @@ class OpenAIPolicy:
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_in_flight, len(episodes)))) as pool:
             for f in [pool.submit(one, k) for k in range(len(episodes))]:
                 f.result()
+
+
+def mark_cut(episode: Episode, cut: bool) -> None:
+    """Note in ``episode.state["cut_turns"]`` that its next agent turn (index ``agent_turns``) was cut at the
+    token limit, when ``cut``: its end-of-turn marker was never generated (``rwft iterate`` does not train it)."""
+    if cut:
+        episode.state.setdefault("cut_turns", []).append(episode.agent_turns)
 
 
 def _post(url: str, body: dict[str, Any], api_key_env: str, timeout: float = 120.0) -> str:

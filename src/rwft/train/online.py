@@ -17,7 +17,8 @@ online trainers). The objective's entry in ``objectives.registry`` says which lo
 - ``grpo``: group advantages (``grpo_advantages``) and TRL's GRPO loss (``grpo_loss``): the ratio to the
   generator's log-probabilities (the old policy that sampled), clipped at 1 +- epsilon, and a k3 KL term.
 - an entry with ``weights`` (``swift``, ``refit``): ``weighted_nll`` with those weights of the fresh
-  samples, divided by the agent tokens of the episodes whose weight is not 0.
+  samples (scaled for ``length_normalization`` as ``rwft train`` does), divided by the agent tokens of the
+  episodes whose weight is not 0.
 
 Each step also measures, on all the step's samples before the update: the generator's mean next-token
 entropy, the trainer's k3 KL to the reference, and the response length (agent tokens per episode). The k3
@@ -32,8 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
+from rwft.data.weighting import LengthNormalization, normalize_lengths, resolve_normalization
 from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, Objective, get, names
 
@@ -64,6 +67,9 @@ class LearnerConfig:
     scale_advantages: bool = True
     """GRPO: divide each advantage by its group's sample std (+ 1e-4), as TRL and Bridging do; false keeps
     r - group mean (Dr. GRPO)."""
+    length_normalization: LengthNormalization = "auto"
+    """Swift / Refit: how an episode's length scales its weight, as rwft train's --length-normalization (sum,
+    trajectory, turn; auto: trajectory when a weight is negative), with the step's batch as the data."""
     pairing_threshold: float = 0.5
     """DPO on verifiable environments: a response is right when its verdict (mcqa: the reward, twenty-questions:
     the win) is >= this."""
@@ -141,7 +147,9 @@ class Learner:
     # -------------------------------------------------------------------------------------- batching
 
     def collate(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Right-padded ids, attention mask, and labels on every agent token (-100 elsewhere)."""
+        """Right-padded ids, attention mask, and labels on every agent token (-100 elsewhere) except the
+        end-of-turn marker (a turn's last token) of the turns listed in ``metadata.cut_turns``: cut at the token
+        limit, the generator never sampled it."""
         from rwft.data.encode import encode_batch
         from rwft.train.collate import WeightedCollator
 
@@ -152,7 +160,28 @@ class Learner:
                 raise RwftError(f"episode {r['id']}: longer than --max-length {self.c.max_length} even truncated")
             turns = max(enc.turn_index) + 1
             rows.append({"input_ids": enc.input_ids, "turn_index": enc.turn_index, "turn_weights": [1.0] * turns})
-        return WeightedCollator(self.tok.pad_token_id)(rows)
+        batch = WeightedCollator(self.tok.pad_token_id)(rows)
+        batch["turn_index"] = torch.full_like(batch["labels"], -1)
+        for i, (r, enc) in enumerate(zip(records, encoded, strict=True)):
+            batch["turn_index"][i, : len(enc.turn_index)] = torch.tensor(enc.turn_index)
+            for t in r["metadata"].get("cut_turns", ()):
+                last = max((k for k, x in enumerate(enc.turn_index) if x == t), default=None)
+                if last is not None:  # None: the turn was dropped by truncation
+                    batch["labels"][i, last] = -100
+        return batch
+
+    def token_weights(self, batch: dict[str, torch.Tensor], weights: np.ndarray) -> torch.Tensor:
+        """Each trained token's weight: its episode's, spread over the episode's agent turns and scaled for
+        ``length_normalization`` (``data.weighting.normalize_lengths``, token counts of the labels)."""
+        turn = np.where(batch["labels"].numpy() != -100, batch["turn_index"].numpy(), -1)
+        turns = np.maximum(batch["turn_index"].numpy().max(1) + 1, 1)
+        offsets = np.concatenate([[0], np.cumsum(turns)])
+        flat = np.where(turn >= 0, offsets[:-1, None] + turn, 0)
+        tokens = np.bincount(flat[turn >= 0], minlength=offsets[-1])
+        values = np.repeat(np.asarray(weights, dtype=np.float64), turns)
+        values = normalize_lengths(values, offsets, tokens, resolve_normalization(self.c.length_normalization,
+                                                                                  values))
+        return torch.from_numpy(np.where(turn >= 0, values[flat], 0.0)).float()
 
     def token_logps(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log softmax(z / T)(y_t) of each label token ([B, T-1], 0 off the agent's tokens) and the mask."""
@@ -205,13 +234,14 @@ class Learner:
         out = {"entropy": float(entropy), "kl": float(kl), "response_tokens": float(mask.sum()) / len(records)}
         loss = None
         if self.entry.weights is not None:
-            w = torch.as_tensor(self.entry.weights(rewards, groups), dtype=torch.float32)
-            lab = labels.masked_fill(w[:, None] == 0, -100)
+            w = self.entry.weights(rewards, groups)
+            weights = self.token_weights(batch, w)
+            lab = labels.masked_fill(weights == 0, -100)
             out["weighted_episodes"] = int((w != 0).sum())
             if (lab != -100).any():  # normalized by the agent tokens of the weighted episodes
                 from rwft.objectives.losses import weighted_nll
 
-                loss = weighted_nll(logits / temp, lab, w[:, None].expand_as(labels))
+                loss = weighted_nll(logits / temp, lab, weights)
         elif self.entry.name == "dpo":
             pairs, skipped = self.pairs(rewards, groups, verdicts, rng)
             out.update(pairs=len(pairs), skipped_groups=skipped)
