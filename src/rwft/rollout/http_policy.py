@@ -141,12 +141,13 @@ def mark_cut(episode: Episode, cut: bool) -> None:
         episode.state.setdefault("cut_turns", []).append(episode.agent_turns)
 
 
-def _post(url: str, body: dict[str, Any], api_key_env: str, timeout: float = 120.0) -> str:
-    headers = {"Content-Type": "application/json"}
+def _headers(api_key_env: str) -> dict[str, str]:
     key = os.environ.get(api_key_env)
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    return {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+
+
+def _post(url: str, body: dict[str, Any], api_key_env: str, timeout: float = 120.0) -> str:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=_headers(api_key_env), method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.read().decode("utf-8", "replace")
 
@@ -170,13 +171,10 @@ def server_message(e: urllib.error.HTTPError) -> str:
 
 def check_server(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 10.0) -> None:
     """Raise a one-line RwftError unless ``GET {base_url}/models`` answers and lists ``model``."""
-    headers = {}
-    key = os.environ.get(api_key_env)
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
     url = f"{base_url.rstrip('/')}/models"
+    req = urllib.request.Request(url, headers=_headers(api_key_env))
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             data = json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as e:
         raise RwftError(f"--generator-url {base_url}: {url} answered HTTP {e.code} {e.reason}") from None
