@@ -289,3 +289,5 @@ def test_experiment_runs_each_cell_once_and_writes_the_table(tmp_path, monkeypat
     assert len(seen) == 4  # finished cells are not rerun
     with pytest.raises(RwftError, match="NAME:OBJECTIVE:S"):
         SweepConfig(output=str(tmp_path), methods=["bad"]).cells()
+    with pytest.raises(RwftError, match="--objective 'ppo'"):  # every cell checked before the first runs
+        SweepConfig(output=str(tmp_path), methods=["on:grpo:1", "x:ppo:1"]).cells()

@@ -54,12 +54,14 @@ class SweepConfig(IterateConfig):
     """Evaluation sampling temperature."""
 
     def cells(self) -> list[tuple[str, str, str, bool]]:
+        """The cells (name, objective, interval, sync reference), each checked as its ``rwft iterate`` will be."""
         out = []
         for spec in self.methods:
             parts = spec.split(":")
             if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "ref"):
                 raise RwftError(f"methods: {spec!r}: expected NAME:OBJECTIVE:S or NAME:OBJECTIVE:S:ref")
             out.append((parts[0], parts[1], parts[2], len(parts) == 4))
+            self.cell(self.policy or "pi0", *out[-1], 0, Path(self.output)).check()
         if len(self.env) != 1:
             raise RwftError(f"--env {self.env}: rwft sweep trains and evaluates in one environment")
         return out
