@@ -229,3 +229,79 @@ def test_batched_map_equals_one_conversation_at_a_time_with_truncation_tools_and
         assert row["turn_tokens"] == [want.turn_index.count(k) for k in range(n_turns)]
         assert row["agent_tokens"] == sum(row["turn_tokens"]) and row["length"] == len(want.input_ids)
     assert truncated and enc["too_long"].count(True) == 1
+
+
+def test_length_normalization_by_hand():
+    from rwft.data.weighting import normalize_lengths, resolve_normalization
+
+    # row 0: two turns of 3 and 5 tokens; row 1: four turns, the second weight 0 (7 tokens, not counted);
+    # row 2: a turn truncation emptied (0 tokens); row 3: weight 0 everywhere
+    w = np.array([1, 1, -2, 0, -2, -2, 0.5, 0, 0])
+    offsets = np.array([0, 2, 6, 7, 9])
+    n = np.array([3, 5, 2, 7, 2, 12, 0, 4, 4])
+    assert normalize_lengths(w, offsets, n, "sum").tolist() == w.tolist()
+    # trajectory: L = 8 and 16 weighted tokens, L_bar = 12: row 0 x 12/8, row 1 x 12/16
+    assert normalize_lengths(w, offsets, n, "trajectory") == pytest.approx([1.5, 1.5, -1.5, 0, -1.5, -1.5, 0.5, 0, 0])
+    # turn: weighted turns of 3, 5, 2, 2, 12 tokens, n_bar = 24 / 5 = 4.8
+    assert normalize_lengths(w, offsets, n, "turn") == pytest.approx([1.6, 0.96, -4.8, 0, -4.8, -0.8, 0.5, 0, 0])
+    # auto: sum_t w_t n_t = 3 + 5 - 4 - 4 - 24 < 0 gives trajectory; negative weights on the short turns only
+    # (row 1 swapped to 12, 7, 2, 2 tokens: 3 + 5 - 4 - 4 - 4 = -4 ... then 2 tokens fewer: 3 + 5 - 4 - 2 - 2 > 0)
+    assert resolve_normalization("auto", w, n) == "trajectory"
+    assert resolve_normalization("auto", w, [3, 5, 2, 7, 1, 1, 0, 4, 4]) == "sum"
+    assert resolve_normalization("auto", abs(w), n) == "sum" and resolve_normalization("turn", w, n) == "turn"
+    with pytest.raises(RwftError, match="--length-normalization 'mean'"):
+        resolve_normalization("mean", w, n)
+
+
+@pytest.mark.parametrize("objective", ["swift", "per-turn", "sft"])
+def test_prepared_weights_follow_the_length_normalization(tmp_path, cache, tok, objective):
+    """Each mode's turn weights against the formula over the encoder's own turn counts (truncation included),
+    and what the modes promise of the per-token weights the collator builds: under trajectory every kept
+    conversation's tokens weigh w x L_bar in all, under turn every turn's w_t x n_bar, and the total weight
+    of weight-1 data (sft) is the same in every mode."""
+    from rwft.data.encode import encode_conversation
+    from rwft.train.collate import WeightedCollator
+
+    records = sample_records(40)
+    for i, r in enumerate(records):  # turn rewards mostly negative, so per-turn's net weight is < 0
+        for k, m in enumerate(x for x in r["messages"] if x["role"] == "assistant"):
+            m["reward"] = -0.1 * (k + 1) if i % 2 else 0.05
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    base = turn_weights(load_conversations(path), objective)
+    counts = []
+    for r in records:
+        enc = encode_conversation(tok, r["messages"], 200)
+        counts.append([enc.turn_index.count(k) for k in range(len(base[len(counts)]))])
+    live = [[c for c, w in zip(cs, ws, strict=True) if w != 0 and c > 0] for cs, ws in zip(counts, base, strict=True)]
+    kept = [i for i in range(len(records)) if live[i]]
+    l_bar = sum(sum(live[i]) for i in kept) / len(kept)
+    n_bar = sum(sum(live[i]) for i in kept) / sum(len(live[i]) for i in kept)
+    totals = {}
+    for mode in ("sum", "trajectory", "turn"):
+        ds, stats = prepare_training_data(path, tok, objective=objective, max_length=200, length_normalization=mode)
+        assert stats.length_normalization == mode and stats.truncated > 0 and len(ds) == len(kept)
+        for i, row in zip(kept, ds, strict=True):
+            want = []
+            for w, c in zip(base[i], counts[i], strict=True):
+                live_turn = w != 0 and c > 0
+                scale = {"sum": 1.0, "trajectory": l_bar / sum(live[i]), "turn": n_bar / c if live_turn else 1.0}
+                want.append(w * scale[mode] if live_turn else w)
+            assert row["turn_weights"].tolist() == pytest.approx(want, rel=1e-6)
+        batch = WeightedCollator(tok.pad_token_id)([dict(r) for r in ds])
+        tw = batch["token_weights"]
+        totals[mode] = float(tw.sum())
+        for j, i in enumerate(kept):
+            w = [x for x, c in zip(base[i], counts[i], strict=True) if x != 0 and c > 0]
+            if mode == "trajectory" and len(set(w)) == 1:  # a conversation-level weight
+                assert float(tw[j].sum()) == pytest.approx(w[0] * l_bar, rel=1e-5)
+            if mode == "turn":
+                ti = np.asarray(ds[j]["turn_index"])
+                for k, x in enumerate(base[i]):
+                    if x != 0 and counts[i][k]:
+                        assert float(tw[j, :len(ti)][ti == k].sum()) == pytest.approx(x * n_bar, rel=1e-5)
+    if objective == "sft":
+        assert totals["trajectory"] == pytest.approx(totals["sum"]) and totals["turn"] == pytest.approx(totals["sum"])
+    _, auto = prepare_training_data(path, tok, objective=objective, max_length=200, length_normalization="auto")
+    net = sum(w * c for i in kept for w, c in zip(base[i], counts[i], strict=True))
+    assert auto.length_normalization == ("trajectory" if net < 0 else "sum")
+    assert (net < 0) == (objective == "per-turn")  # both resolutions are checked

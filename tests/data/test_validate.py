@@ -60,3 +60,51 @@ def test_sample_data_prints_the_same_counts_as_before(sample_path, capsys, own_c
     s2 = run_validate(ValidateConfig(data=str(sample_path), max_length=256))  # from the caches
     assert s2 == s
     assert len(list((own_cache / "data").glob("encoded-*"))) == 1  # tokenized once
+
+
+def test_length_correlations_by_hand():
+    from rwft.data.validate import length_correlations
+
+    c = length_correlations([1.0, 0.0, 0.5, 0.2], [1, 3, 2, 2])
+    # ranks (ties averaged): reward 3, 0, 2, 1; length 0, 3, 1.5, 1.5
+    assert c["spearman"] == pytest.approx(-4.5 / (5 * 4.5) ** 0.5)
+    assert c["pearson"] == pytest.approx(-1.0 / (0.5675 * 2) ** 0.5)
+    assert length_correlations([1.0, 1.0], [1, 2]) == {"pearson": 0.0, "spearman": 0.0}  # constant reward
+
+
+def _games(long_is_bad: bool) -> list[dict]:
+    """Per context, two short conversations and one of three agent turns; the long one scores lowest (or highest)."""
+    def conv(ctx, reward, turns):
+        msgs = [{"role": "user", "content": f"task {ctx}"}]
+        for t in range(turns):
+            msgs += [{"role": "assistant", "content": f"question {t} " * 5}, {"role": "user", "content": "no"}]
+        return {"context_id": ctx, "messages": msgs[:-1], "reward": reward}
+
+    return [c for k in range(4) for c in (conv(k, 0.8 + 0.05 * k, 1), conv(k, 0.7, 1),
+                                         conv(k, 0.1 if long_is_bad else 0.95 + 0.01 * k, 3))]
+
+
+@pytest.mark.parametrize("objective,normalization,warns", [
+    ("", "auto", True),  # no objective: a warning for those with negative weights
+    ("swift", "sum", True), ("swift", "turn", True),
+    ("swift", "auto", False),  # resolves to trajectory here (the negative weights are on the long ones)
+    ("swift", "trajectory", False),
+    ("refit", "sum", False),  # weights >= 0: nothing pushes down
+])
+def test_reward_falling_with_length_warns_where_the_objective_is_at_risk(tmp_path, capsys, own_cache, objective,
+                                                                          normalization, warns):
+    path = write_jsonl(tmp_path / "d.jsonl", _games(long_is_bad=True))
+    s = run_validate(ValidateConfig(data=str(path), objective=objective, length_normalization=normalization))
+    assert s["length_correlation"]["turns"]["spearman"] < -0.5 and s["length_correlation"]["turns"]["pearson"] < -0.5
+    out = capsys.readouterr().out
+    assert "reward vs length         Spearman" in out
+    assert bool(s["warnings"]) == warns and ("warning: reward falls with length" in out) == warns
+    if warns:
+        assert "--length-normalization trajectory" in s["warnings"][0]
+        assert (objective or "swift") in s["warnings"][0]
+
+
+def test_reward_rising_with_length_does_not_warn(tmp_path, capsys, own_cache):
+    path = write_jsonl(tmp_path / "d.jsonl", _games(long_is_bad=False))
+    s = run_validate(ValidateConfig(data=str(path), objective="swift", length_normalization="sum"))
+    assert s["length_correlation"]["agent_tokens"]["spearman"] > 0.5 and not s["warnings"]

@@ -29,13 +29,14 @@ def eight(tmp_path) -> Path:
     return write_jsonl(tmp_path / "eight.jsonl", records)
 
 
-def _grads(tmp_path: Path, data: Path, batch: int, accum: int, objective: str, procs: int = 1) -> dict:
-    out = tmp_path / f"run-{objective}-{procs}x{batch}x{accum}"
+def _grads(tmp_path: Path, data: Path, batch: int, accum: int, objective: str, procs: int = 1,
+           normalization: str = "auto") -> dict:
+    out = tmp_path / f"run-{objective}-{normalization}-{procs}x{batch}x{accum}"
     if procs == 1:
         sys.path.insert(0, str(HERE))
         from grad_probe import main
 
-        main(str(data), str(out), batch, accum, objective)
+        main(str(data), str(out), batch, accum, objective, normalization)
     else:
         cmd = [
             sys.executable,
@@ -49,6 +50,7 @@ def _grads(tmp_path: Path, data: Path, batch: int, accum: int, objective: str, p
             str(batch),
             str(accum),
             objective,
+            normalization,
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -62,19 +64,27 @@ def _assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("objective", ["swift", "per-turn"])
-def test_gradient_same_for_batch_8x1_and_1x8(tmp_path, eight, objective):
-    g81 = _grads(tmp_path, eight, 8, 1, objective)
-    g18 = _grads(tmp_path, eight, 1, 8, objective)
+def _differ(a: dict, b: dict) -> bool:
+    return max((a[n] - b[n]).abs().max().item() for n in a) > 1e-4
+
+
+@pytest.mark.parametrize("objective,normalization", [
+    ("swift", "sum"), ("swift", "trajectory"), ("per-turn", "sum"), ("per-turn", "turn"),
+])
+def test_gradient_same_for_batch_8x1_and_1x8(tmp_path, eight, objective, normalization):
+    g81 = _grads(tmp_path, eight, 8, 1, objective, normalization=normalization)
+    g18 = _grads(tmp_path, eight, 1, 8, objective, normalization=normalization)
     _assert_same(g81, g18)
-    # and the weights matter: plain SFT on the same batch gives another gradient
-    sft = _grads(tmp_path, eight, 8, 1, "sft")
-    assert max((g81[n] - sft[n]).abs().max().item() for n in g81) > 1e-4
+    # and the weights matter: plain SFT on the same batch gives another gradient, and so does another mode
+    assert _differ(g81, _grads(tmp_path, eight, 8, 1, "sft"))
+    if normalization != "sum":
+        assert _differ(g81, _grads(tmp_path, eight, 8, 1, objective, normalization="sum"))
 
 
-def test_gradient_same_for_two_processes_x4(tmp_path, eight):
-    g81 = _grads(tmp_path, eight, 8, 1, "swift")
-    g24 = _grads(tmp_path, eight, 4, 1, "swift", procs=2)
+@pytest.mark.parametrize("normalization", ["sum", "trajectory"])
+def test_gradient_same_for_two_processes_x4(tmp_path, eight, normalization):
+    g81 = _grads(tmp_path, eight, 8, 1, "swift", normalization=normalization)
+    g24 = _grads(tmp_path, eight, 4, 1, "swift", procs=2, normalization=normalization)
     _assert_same(g81, g24)
 
 

@@ -245,7 +245,6 @@ def prepare_training_data(
     weighted_objective(objective)
     raw = read_dataset(path, agent_role, require_reward=True)
     offsets, values = column_turn_weights(raw, objective, top_k, threshold, gamma, source=str(path))
-    mode = resolve_normalization(length_normalization, values)
     enc = encode_dataset(raw, tokenizer, max_length, agent_role, num_proc)
     cols = enc.with_format("arrow").select_columns(["length", "truncated", "too_long", "turn_tokens"])[:]
     length = cols.column("length").to_numpy().astype(np.int64)
@@ -254,6 +253,7 @@ def prepare_training_data(
     tt_offsets, turn_tokens = list_column(cols.column("turn_tokens"))
     if not np.array_equal(tt_offsets, offsets):
         raise RwftError("internal: the encoder's agent turns disagree with the conversation's")
+    mode = resolve_normalization(length_normalization, values, turn_tokens)
     rows = np.repeat(np.arange(len(raw)), np.diff(offsets))
     weighted = np.bincount(rows, weights=turn_tokens * (values != 0), minlength=len(raw)).astype(np.int64)
     any_weight = np.bincount(rows, weights=(values != 0), minlength=len(raw)) > 0

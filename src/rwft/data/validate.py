@@ -12,6 +12,15 @@ import pyarrow.compute as pc
 
 from rwft.data.conversation import Conversation
 from rwft.data.dataset import EncodeStats, encode_dataset, read_dataset
+from rwft.data.weighting import (
+    LengthNormalization,
+    column_turn_weights,
+    list_column,
+    resolve_normalization,
+    weighted_objective,
+)
+
+STRONG = 0.5  # |correlation| of reward with a length from which validate warns
 
 
 @dataclass
@@ -30,6 +39,16 @@ class ValidateConfig:
     """Allow the tokenizer's own Python code to run."""
     num_proc: int | None = None
     """Tokenizer processes (default: min(cores, 4) for large data, 1 for small)."""
+    objective: str = ""
+    """The objective you mean to train (rwft train --objective), for the warning on reward falling with length;
+    empty: warn for the objectives whose weights can be negative (swift, per-turn)."""
+    length_normalization: LengthNormalization = "auto"
+    """The --length-normalization you mean to train with (see rwft train --help)."""
+
+    def __post_init__(self) -> None:
+        if self.objective:
+            weighted_objective(self.objective)
+        resolve_normalization(self.length_normalization, np.zeros(0), np.zeros(0))
 
 
 def summarize(convs: list[Conversation], agent_role: str = "assistant") -> dict[str, Any]:
@@ -79,6 +98,45 @@ def _summary(rewards: np.ndarray, context_ids, turns: np.ndarray, turn_level: np
     }
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0.. of x, ties given their mean rank (as Spearman's rho needs)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    _, tie, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(tie.reshape(-1), weights=ranks) / counts)[tie.reshape(-1)]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    dx, dy = x - x.mean(), y - y.mean()
+    den = float(np.sqrt((dx * dx).sum() * (dy * dy).sum()))
+    return float((dx * dy).sum()) / den if den > 0 else 0.0
+
+
+def length_correlations(rewards, lengths) -> dict[str, float]:
+    """Pearson's r and Spearman's rho (Pearson's of the tie-averaged ranks) of reward with a length; 0 where
+    either is constant."""
+    r, n = np.asarray(rewards, dtype=np.float64), np.asarray(lengths, dtype=np.float64)
+    return {"pearson": _pearson(r, n), "spearman": _pearson(_ranks(r), _ranks(n))}
+
+
+def length_warning(correlations: dict[str, dict[str, float]], objective: str, mode: str,
+                   negative_weights: bool) -> str:
+    """The warning line when reward falls with length (some correlation <= -STRONG) and the objective is at
+    risk: it has negative weights (assumed when no objective is given) and its length normalization is not
+    ``trajectory`` (sum and turn weigh a trajectory in proportion to its tokens or turns). Empty otherwise."""
+    lowest = min(((v, f"{kind.capitalize()} with {length.replace('_', ' ')}") for length, c in correlations.items()
+                  for kind, v in c.items()), default=(0.0, ""))
+    if lowest[0] > -STRONG or not negative_weights or mode == "trajectory":
+        return ""
+    who = f"{objective} with --length-normalization {mode}" if objective else \
+        "negative weights (swift, per-turn credit) with --length-normalization sum or turn"
+    return (f"warning: reward falls with length ({lowest[1]} {lowest[0]:+.2f}): for {who}, the long, low-reward "
+            "conversations' negative weights summed over their many tokens outweigh the short good ones and can "
+            "push the likelihood down until the text breaks; use --length-normalization trajectory (auto picks "
+            "it when the summed weights are negative on net)")
+
+
 def histogram(values, bins: int = 10, width: int = 40) -> list[str]:
     """A text histogram, one line per bin."""
     v = np.asarray(values, dtype=np.float64)
@@ -102,7 +160,8 @@ def run_validate(config: ValidateConfig) -> dict[str, Any]:
     summary = summarize_dataset(ds)
     tok = load_tokenizer(config.model, config.trust_remote_code)
     enc = encode_dataset(ds, tok, config.max_length, config.agent_role, config.num_proc)
-    cols = enc.with_format("arrow").select_columns(["length", "agent_tokens", "truncated", "too_long"])[:]
+    cols = enc.with_format("arrow").select_columns(["length", "agent_tokens", "truncated", "too_long",
+                                                    "turn_tokens"])[:]
     too_long = cols.column("too_long").to_numpy(zero_copy_only=False)
     fits = ~too_long
     stats = EncodeStats(
@@ -115,6 +174,21 @@ def run_validate(config: ValidateConfig) -> dict[str, Any]:
     summary["too_long_dropped"] = stats.too_long
     summary["tokens"] = stats.tokens
     summary["agent_tokens"] = stats.agent_tokens
+    table = ds.with_format("arrow")[:]
+    rewards = table.column("reward").to_numpy(zero_copy_only=False).astype(np.float64)
+    turns = pc.list_value_length(table.column("turn_mask")).to_numpy(zero_copy_only=False)
+    agent = cols.column("agent_tokens").to_numpy()
+    summary["length_correlation"] = corr = {
+        "agent_tokens": length_correlations(rewards[fits], agent[fits]),
+        "turns": length_correlations(rewards[fits], turns[fits]),
+    }
+    negative, mode = True, config.length_normalization
+    if config.objective:
+        _, values = column_turn_weights(ds, config.objective)
+        _, turn_tokens = list_column(cols.column("turn_tokens"))
+        negative, mode = bool((values < 0).any()), resolve_normalization(mode, values, turn_tokens)
+    warning = length_warning(corr, config.objective, mode, negative)
+    summary["warnings"] = [warning] if warning else []
     r = summary["reward"]
     spc = summary["samples_per_context"]
     lines = [
@@ -132,7 +206,11 @@ def run_validate(config: ValidateConfig) -> dict[str, Any]:
         f"  reward                   mean {r['mean']:.4g}, std {r['std']:.4g}, min {r['min']:.4g}, "
         f"q1 {r['q1']:.4g}, median {r['median']:.4g}, q3 {r['q3']:.4g}, max {r['max']:.4g}, "
         f"negative {r['negative']}",
-        *histogram(ds.with_format("arrow")[:].column("reward").to_numpy(zero_copy_only=False)),
+        *histogram(rewards),
+        f"  reward vs length         Spearman {corr['agent_tokens']['spearman']:+.2f}, Pearson "
+        f"{corr['agent_tokens']['pearson']:+.2f} with agent tokens; Spearman {corr['turns']['spearman']:+.2f}, "
+        f"Pearson {corr['turns']['pearson']:+.2f} with agent turns",
+        *summary["warnings"],
     ]
     print("\n".join(lines))
     return summary

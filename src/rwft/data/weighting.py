@@ -109,13 +109,16 @@ def column_turn_weights(ds, objective: str, top_k: int = 1, threshold: float | N
     return offsets, values * mask
 
 
-def resolve_normalization(mode: str, values: np.ndarray) -> str:
-    """The length normalization that ``mode`` means for these turn weights: ``auto`` is ``trajectory`` when some
-    weight is negative (Swift; per-turn credit that can be negative) and ``sum`` otherwise."""
+def resolve_normalization(mode: str, values: np.ndarray, turn_tokens: np.ndarray) -> str:
+    """The length normalization that ``mode`` means for turn weights w_t of n_t tokens each. ``auto``: ``sum``
+    unless the summed form pushes the likelihood down on net, sum_t w_t n_t < 0 (the negative weights sit on
+    the longer trajectories: Swift where failures run long), then ``trajectory``, whose net push for Swift is 0.
+    Weights >= 0 always give ``sum``."""
     if mode not in LENGTH_NORMALIZATIONS:
         raise RwftError(f"--length-normalization {mode!r}: expected one of {', '.join(LENGTH_NORMALIZATIONS)}")
     if mode == "auto":
-        return "trajectory" if bool((np.asarray(values) < 0).any()) else "sum"
+        net = float(np.dot(np.asarray(values, dtype=np.float64), np.asarray(turn_tokens, dtype=np.float64)))
+        return "trajectory" if net < 0 else "sum"
     return mode
 
 

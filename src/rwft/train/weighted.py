@@ -46,7 +46,8 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     the data): every trajectory weighs w x L_bar in all, so long negative ones cannot dominate; biased (Dr.
     GRPO) toward long trajectories where w < 0 and short ones where w > 0. turn: w_t x n_bar / n_t (n_t the
     turn's tokens, n_bar their mean): every turn weighs alike, a trajectory in proportion to its turns. auto:
-    trajectory when some weight is negative (swift; per-turn credit), else sum."""
+    sum, unless the summed weights push the likelihood down on net (sum over agent tokens of w < 0: the
+    negative weights sit on the longer trajectories), then trajectory. The summary line names the one used."""
     behaviour_model: str | None = None
     """qsft: the behaviour policy pi_phi (a preset or directory); empty: SFT on the same data into OUTPUT/behaviour."""
     polyak: float = 0.05
