@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,118 @@ def test_rescaling_maps_the_returns_onto_the_unit_interval(tmp_path):
     np.testing.assert_allclose(returns, [0.0, 13 / 17, 1.0, 8 / 17])
     with pytest.raises(RwftError, match="rescale-rewards"):
         qsft_turn_rewards(raw, path, rescale=False)
+
+
+def test_an_agent_token_at_position_0_is_not_an_action(tmp_path):
+    """No logit predicts the first token: the behaviour cache has figures for the agent tokens from position 1
+    on, each from the logits one position before (not the last position's, as ``pos - 1`` wrapped)."""
+    import datasets
+    import pyarrow as pa
+
+    from rwft.presets import load_model, resolve_model
+    from rwft.train.qsft import _write_cache
+
+    rows = {"input_ids": [[5, 6, 7, 8, 9, 10], [3, 4, 5]], "turn_index": [[0, 0, -1, -1, 1, 1], [-1, 0, 0]]}
+    data = datasets.Dataset.from_dict({**rows, "length": [6, 3]})
+    _write_cache(tmp_path / "c.arrow", data, Path(resolve_model("tiny")), 4)
+    with pa.OSFile(str(tmp_path / "c.arrow")) as f:
+        cache = pa.ipc.open_stream(f).read_all().to_pylist()
+    model = load_model("tiny").eval()
+    for ids, ti, got in zip(rows["input_ids"], rows["turn_index"], cache, strict=True):
+        pos = [p for p, t in enumerate(ti) if t >= 0 and p > 0]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+        want = [float(lp[p - 1, ids[p]]) for p in pos]
+        assert len(got["phi_logp"]) == len(pos) and len(got["phi_ids"]) == 4 * len(pos)
+        np.testing.assert_allclose(got["phi_logp"], want, atol=1e-5)
+
+
+VOCAB = 2048  # the tiny preset's
+
+
+def _hand_rows(k: int, seed: int = 0) -> list[dict]:
+    """Collator rows made by hand: an agent token at position 0 (not an action), a turn left out (weight 0)
+    between two agent turns, a one-turn row; behaviour figures random, a third of the logged tokens and some
+    top-k entries below the support floor."""
+    rng = np.random.default_rng(seed)
+    shapes = [([0, 0, 0, -1, -1, 1, 1, 1, -1, -1, -1, -1, 3, 3], [0.1, 0.2, 0.3, 0.25]),
+              ([-1, -1, -1, 0, 0, 0, -1, 1, 1], [0.0, 0.6]),
+              ([-1, -1, 0, 0, 0, 0], [0.9])]
+    rows = []
+    for ti, rewards in shapes:
+        m = sum(1 for p, t in enumerate(ti) if t >= 0 and p > 0)
+        logp = np.log(rng.uniform(0.05, 0.9, m))
+        logp[::3] = np.log(1e-5)
+        top_lp = np.log(rng.uniform(2e-4, 0.5, (m, k)))
+        rows.append({"input_ids": rng.integers(0, VOCAB, len(ti)), "turn_index": np.array(ti),
+                     "turn_rewards": np.array(rewards, dtype=np.float32), "phi_logp": logp.astype(np.float32),
+                     "phi_ids": np.stack([rng.choice(VOCAB, k, replace=False) for _ in range(m)]).ravel(),
+                     "phi_lp": np.where(top_lp >= np.log(1e-3), top_lp, -np.inf).ravel().astype(np.float32)})
+    return rows
+
+
+def _value(lbar: torch.Tensor, logged: int, figure: tuple) -> float:
+    """V of one state: max over {logged token, top-k} with pi_phi >= 1e-3 of min(1, p_bar / pi_phi), p_bar the
+    target's full-vocabulary distribution ``lbar`` (log) at that state."""
+    logp, top_ids, top_lp = figure
+    support = [(logged, logp), *((int(a), float(lp)) for a, lp in zip(top_ids, top_lp, strict=True))]
+    return max((min(1.0, math.exp(float(lbar[a]) - lp)) for a, lp in support if lp >= math.log(1e-3)), default=0.0)
+
+
+def _dense_loss(model, target, rows: list[dict], gamma: float, num_items: float) -> tuple[float, list[float]]:
+    """Q-SFT's loss of ``rows`` from its definition, one row and one position at a time: the next state found
+    by walking the conversation, V = max over the support {logged, top-k} with pi_phi >= 1e-3 of
+    min(1, p_bar / pi_phi) from the full-vocabulary softmax of ``target``, and the cross-entropy with a dense
+    target vector (B on the logged token, (1 - B) / (V - 1) elsewhere). Returns the loss and every B."""
+    total, targets = 0.0, []
+    for r in rows:
+        ids, ti, rewards = [int(x) for x in r["input_ids"]], [int(t) for t in r["turn_index"]], r["turn_rewards"]
+        with torch.no_grad():
+            lbar = torch.log_softmax(target(torch.tensor([ids])).logits[0].double(), -1)
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        agent = [p for p in range(1, len(ids)) if ti[p] >= 0]
+        k = len(r["phi_ids"]) // len(agent)
+        figures = {p: (float(r["phi_logp"][j]), r["phi_ids"][j * k:(j + 1) * k], r["phi_lp"][j * k:(j + 1) * k])
+                   for j, p in enumerate(agent)}
+
+        for p in agent:
+            if p + 1 < len(ids) and ti[p + 1] == ti[p]:  # inside a turn: the next token, no reward or discount
+                b = _value(lbar[p], ids[p + 1], figures[p + 1])
+            else:  # the turn's last token: the next agent turn present, rewards of the turns on the way
+                later = [q for q in agent if q > p]
+                stop = ti[later[0]] if later else len(rewards)
+                b = sum(gamma ** (j - ti[p]) * float(rewards[j]) for j in range(ti[p], stop))
+                b += gamma ** (stop - ti[p]) * _value(lbar[later[0] - 1], ids[later[0]], figures[later[0]]) \
+                    if later else 0.0
+            b = min(max(b, 0.0), 1.0)
+            y = torch.full((VOCAB,), (1 - b) / (VOCAB - 1), dtype=torch.float64)
+            y[ids[p]] = b
+            total -= float((y * logp[p - 1]).sum())
+            targets.append(b)
+    return total / num_items, targets
+
+
+def test_the_trainers_loss_is_the_dense_loss_computed_by_hand(tmp_path):
+    """QTrainer.loss on a collated batch (right padding, top-k placed by QCollator) equals the loss computed
+    densely from its definition; the target network differs from the model, so mixing them up shows too."""
+    import copy
+
+    from rwft.presets import load_model, load_tokenizer
+    from rwft.train.qsft import QCollator, QTrainer
+
+    torch.manual_seed(0)
+    k, gamma = 3, 0.8
+    model = load_model("tiny").eval()
+    config = _config(Path("unused.jsonl"), tmp_path / "o", gamma=gamma, qsft_top_k=k)
+    trainer = QTrainer(model=model, args=config, data_collator=QCollator(0, gamma, k),
+                       processing_class=load_tokenizer("tiny"), tokens_per_conversation=1.0)
+    trainer._target = {n: p.detach() + 0.02 * torch.randn_like(p) for n, p in model.named_parameters()}
+    target = copy.deepcopy(model)
+    target.load_state_dict(trainer._target, strict=False)
+    rows = _hand_rows(k)
+    want, want_b = _dense_loss(model, target, rows, gamma, num_items=5.0)
+    batch = trainer.data_collator(rows)
+    loss, _, weights = trainer.loss(model, batch, torch.tensor(5.0))
+    np.testing.assert_allclose(weights[batch["labels"] != -100].numpy(), want_b, atol=1e-5)
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
+    assert len(want_b) == 16 and 0 < min(want_b) and max(want_b) < 1  # informative: no target clamped
