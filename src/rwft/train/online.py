@@ -69,7 +69,7 @@ class LearnerConfig:
     r - group mean (Dr. GRPO)."""
     length_normalization: LengthNormalization = "auto"
     """Swift / Refit: how an episode's length scales its weight, as rwft train's --length-normalization (sum,
-    trajectory, turn; auto: trajectory when a weight is negative), with the step's batch as the data."""
+    trajectory, turn, auto), with the step's batch as the data."""
     pairing_threshold: float = 0.5
     """DPO on verifiable environments: a response is right when its verdict (mcqa: the reward, twenty-questions:
     the win) is >= this."""
@@ -179,8 +179,8 @@ class Learner:
         flat = np.where(turn >= 0, offsets[:-1, None] + turn, 0)
         tokens = np.bincount(flat[turn >= 0], minlength=offsets[-1])
         values = np.repeat(np.asarray(weights, dtype=np.float64), turns)
-        values = normalize_lengths(values, offsets, tokens, resolve_normalization(self.c.length_normalization,
-                                                                                  values))
+        mode = resolve_normalization(self.c.length_normalization, values, tokens)
+        values = normalize_lengths(values, offsets, tokens, mode)
         return torch.from_numpy(np.where(turn >= 0, values[flat], 0.0)).float()
 
     def token_logps(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
