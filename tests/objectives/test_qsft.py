@@ -84,8 +84,9 @@ def test_bellman_targets_of_a_two_turn_conversation_by_hand():
     # V(8) = max(0.5, 0.5) = 0.5; V(9) = max(0.2, 0.4, 0.5) = 0.5
     torch.testing.assert_close(values[[4, 5, 8, 9]], torch.tensor([1.0, 0.8, 0.5, 0.5]))
     b = bellman_targets(torch.tensor(r, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
-                        torch.tensor(nxt), values)
-    # B(3) = V(4) = 1; B(4) = V(5) = 0.8; B(5) = 0.2 + 0.9 V(8) = 0.65; B(8) = V(9) = 0.5; B(9) = r = 0.5
+                        torch.tensor(nxt), values, torch.zeros(10))
+    # lambda 0, the one-step targets: B(3) = V(4) = 1; B(4) = V(5) = 0.8; B(5) = 0.2 + 0.9 V(8) = 0.65;
+    # B(8) = V(9) = 0.5; B(9) = r = 0.5 (each at least the logged return, 0.65 in turn 0 and 0.5 in turn 1)
     torch.testing.assert_close(b[[3, 4, 5, 8, 9]], torch.tensor([1.0, 0.8, 0.65, 0.5, 0.5]))
 
 
@@ -99,9 +100,10 @@ def test_a_turn_left_out_is_stepped_over_with_its_reward():
 def test_targets_are_clamped_to_the_unit_interval():
     values = torch.tensor([[0.0, 0.9, 0.0]])
     b = bellman_targets(torch.tensor([[-0.5, 0.6, 1.4]]), torch.tensor([[1.0, 0.0, 0.0]]),
-                        torch.tensor([[1, -1, -1]]), values)
+                        torch.tensor([[1, -1, -1]]), values, torch.zeros(1, 3))
     torch.testing.assert_close(b, torch.tensor([[0.4, 0.6, 1.0]]))
-    neg = bellman_targets(torch.tensor([[-0.5]]), torch.tensor([[0.0]]), torch.tensor([[-1]]), torch.zeros(1, 1))
+    neg = bellman_targets(torch.tensor([[-0.5]]), torch.tensor([[0.0]]), torch.tensor([[-1]]), torch.zeros(1, 1),
+                          torch.zeros(1, 1))
     assert float(neg) == 0.0
 
 
@@ -123,3 +125,27 @@ def test_a_logged_token_below_the_support_floor_stays_out_of_the_max():
     torch.testing.assert_close(next_state_values(*at_floor), torch.tensor([1.0]))  # in the support: counted
     nothing = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(1e-4)]])
     torch.testing.assert_close(next_state_values(*nothing), torch.tensor([0.0]))
+
+
+def test_lambda_returns_and_the_logged_return_as_a_lower_bound_by_hand():
+    """Three agent turns of two tokens, [a0 a0 | a1 a1 | a2 a2] with replies between, turn rewards 0, 0.1, 0.6,
+    gamma 0.9; lambda 1 inside a turn and 0.5 into the next one (as QCollator sets it). V(first token of
+    turn 1) = 0.2 and V(first token of turn 2) = 0.9; V inside a turn is never used at lambda 1."""
+    ti = np.array([-1, 0, 0, -1, 1, 1, -1, 2, 2])
+    nxt, r, d = transitions(ti, [0.0, 0.1, 0.6], 0.9)
+    same = (nxt >= 0) & (ti[np.maximum(nxt, 0)] == ti)
+    lam = torch.tensor(np.where(same, 1.0, 0.5), dtype=torch.float64)
+    values = torch.zeros(9, dtype=torch.float64)
+    values[4], values[7] = 0.2, 0.9
+    values[[2, 5, 8]] = 0.99  # inside a turn: ignored at lambda 1
+    args = (torch.tensor(r), torch.tensor(d), torch.tensor(nxt), values)
+    b = bellman_targets(*args, lam)
+    # turn 2: Y = G = 0.6. turn 1: Y = 0.1 + 0.9 (0.5 * 0.9 + 0.5 * 0.6) = 0.775, G = 0.1 + 0.9 * 0.6 = 0.64.
+    # turn 0: Y = 0 + 0.9 (0.5 * 0.2 + 0.5 * 0.775) = 0.43875, G = 0.9 * 0.64 = 0.576 > Y: the lower bound holds
+    want = torch.tensor([0, 0.576, 0.576, 0, 0.775, 0.775, 0, 0.6, 0.6], dtype=torch.float64)
+    torch.testing.assert_close(b * torch.tensor(ti >= 0), want)
+    mc = bellman_targets(*args, torch.ones(9, dtype=torch.float64))  # lambda 1: the logged return
+    torch.testing.assert_close(mc[[1, 4, 7]], torch.tensor([0.576, 0.64, 0.6], dtype=torch.float64))
+    # lambda 0: V of the next token inside a turn; at turn 0's end 0.9 V(4) = 0.18 < G = 0.576
+    one_step = bellman_targets(*args, torch.zeros(9, dtype=torch.float64))
+    torch.testing.assert_close(one_step[[1, 2, 4]], torch.tensor([0.99, 0.576, 0.99], dtype=torch.float64))

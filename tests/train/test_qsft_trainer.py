@@ -271,11 +271,14 @@ def _value(lbar: torch.Tensor, logged: int, figure: tuple) -> float:
     return max((min(1.0, math.exp(float(lbar[a]) - lp)) for a, lp in support if lp >= math.log(1e-3)), default=0.0)
 
 
-def _dense_loss(model, target, rows: list[dict], gamma: float, num_items: float) -> tuple[float, list[float]]:
+def _dense_loss(model, target, rows: list[dict], gamma: float, lam: float, num_items: float
+                ) -> tuple[float, list[float]]:
     """Q-SFT's loss of ``rows`` from its definition, one row and one position at a time: the next state found
     by walking the conversation, V = max over the support {logged, top-k} with pi_phi >= 1e-3 of
-    min(1, p_bar / pi_phi) from the full-vocabulary softmax of ``target``, and the cross-entropy with a dense
-    target vector (B on the logged token, (1 - B) / (V - 1) elsewhere). Returns the loss and every B."""
+    min(1, p_bar / pi_phi) from the full-vocabulary softmax of ``target``, B = clip(max(Y, G), 0, 1) with
+    Y = r + d [(1 - l) V' + l Y'] (l = 1 inside a turn, ``lam`` into the next) and G = r + d G', and the
+    cross-entropy with a dense target vector (B on the logged token, (1 - B) / (V - 1) elsewhere). Returns the
+    loss and every B."""
     total, targets = 0.0, []
     for r in rows:
         ids, ti, rewards = [int(x) for x in r["input_ids"]], [int(t) for t in r["turn_index"]], r["turn_rewards"]
@@ -286,25 +289,32 @@ def _dense_loss(model, target, rows: list[dict], gamma: float, num_items: float)
         k = len(r["phi_ids"]) // len(agent)
         figures = {p: (float(r["phi_logp"][j]), r["phi_ids"][j * k:(j + 1) * k], r["phi_lp"][j * k:(j + 1) * k])
                    for j, p in enumerate(agent)}
-
-        for p in agent:
+        y, g = {}, {}
+        for p in reversed(agent):
             if p + 1 < len(ids) and ti[p + 1] == ti[p]:  # inside a turn: the next token, no reward or discount
-                b = _value(lbar[p], ids[p + 1], figures[p + 1])
+                q, ret, disc, lp = p + 1, 0.0, 1.0, 1.0
             else:  # the turn's last token: the next agent turn present, rewards of the turns on the way
-                later = [q for q in agent if q > p]
+                later = [u for u in agent if u > p]
                 stop = ti[later[0]] if later else len(rewards)
-                b = sum(gamma ** (j - ti[p]) * float(rewards[j]) for j in range(ti[p], stop))
-                b += gamma ** (stop - ti[p]) * _value(lbar[later[0] - 1], ids[later[0]], figures[later[0]]) \
-                    if later else 0.0
-            b = min(max(b, 0.0), 1.0)
-            y = torch.full((VOCAB,), (1 - b) / (VOCAB - 1), dtype=torch.float64)
-            y[ids[p]] = b
-            total -= float((y * logp[p - 1]).sum())
+                q, disc, lp = (later[0] if later else None), gamma ** (stop - ti[p]), lam
+                ret = sum(gamma ** (j - ti[p]) * float(rewards[j]) for j in range(ti[p], stop))
+            if q is None:
+                y[p] = g[p] = ret
+            else:
+                v = _value(lbar[q - 1], ids[q], figures[q])
+                y[p] = ret + disc * ((1 - lp) * v + lp * y[q])
+                g[p] = ret + disc * g[q]
+        for p in agent:
+            b = min(max(y[p], g[p], 0.0), 1.0)
+            dense = torch.full((VOCAB,), (1 - b) / (VOCAB - 1), dtype=torch.float64)
+            dense[ids[p]] = b
+            total -= float((dense * logp[p - 1]).sum())
             targets.append(b)
     return total / num_items, targets
 
 
-def test_the_trainers_loss_is_the_dense_loss_computed_by_hand(tmp_path):
+@pytest.mark.parametrize("lam", [0.0, 0.6])
+def test_the_trainers_loss_is_the_dense_loss_computed_by_hand(tmp_path, lam):
     """QTrainer.loss on a collated batch (right padding, top-k placed by QCollator) equals the loss computed
     densely from its definition; the target network differs from the model, so mixing them up shows too."""
     import copy
@@ -315,16 +325,67 @@ def test_the_trainers_loss_is_the_dense_loss_computed_by_hand(tmp_path):
     torch.manual_seed(0)
     k, gamma = 3, 0.8
     model = load_model("tiny").eval()
-    config = _config(Path("unused.jsonl"), tmp_path / "o", gamma=gamma, qsft_top_k=k)
-    trainer = QTrainer(model=model, args=config, data_collator=QCollator(0, gamma, k),
+    config = _config(Path("unused.jsonl"), tmp_path / "o", gamma=gamma, qsft_top_k=k, qsft_lambda=lam)
+    trainer = QTrainer(model=model, args=config, data_collator=QCollator(0, gamma, k, lam),
                        processing_class=load_tokenizer("tiny"), tokens_per_conversation=1.0)
     trainer._target = {n: p.detach() + 0.02 * torch.randn_like(p) for n, p in model.named_parameters()}
     target = copy.deepcopy(model)
     target.load_state_dict(trainer._target, strict=False)
     rows = _hand_rows(k)
-    want, want_b = _dense_loss(model, target, rows, gamma, num_items=5.0)
+    want, want_b = _dense_loss(model, target, rows, gamma, lam, num_items=5.0)
     batch = trainer.data_collator(rows)
     loss, _, weights = trainer.loss(model, batch, torch.tensor(5.0))
     np.testing.assert_allclose(weights[batch["labels"] != -100].numpy(), want_b, atol=1e-5)
     assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
     assert len(want_b) == 16 and 0 < min(want_b) and max(want_b) < 1  # informative: no target clamped
+
+
+WIN = ["Is it alive, something that grows and breathes?", "Is it a mammal with fur and four legs?",
+       "Does it bark at strangers and fetch sticks?", "Is it a dog?"]
+LOSS = ["Tell me something about it, anything at all.", "Tell me more about what it looks like, please.",
+        "Tell me where people usually keep it at home.", "Is it a cat?"]
+
+
+@pytest.fixture(scope="module")
+def games(tmp_path_factory) -> tuple[Path, Path]:
+    """Eight four-turn games of about 50 agent tokens: four copies of a won script (reward 1) and four of a lost
+    one (reward 0), the first agent token differing; and pi_0: the tiny preset after SFT on them. Q-SFT then
+    starts where the twenty-questions comparison does: Q model, target and behaviour all pi_0, every ratio 1,
+    V(s') = 1 at every state."""
+    root = tmp_path_factory.mktemp("games")
+    records = []
+    for i in range(8):
+        script, reward = (WIN, 1.0) if i % 2 == 0 else (LOSS, 0.0)
+        messages = [{"role": "user", "content": "Guess the object I am thinking of."}]
+        for text in script:
+            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "Yes."}]
+        records.append({"id": f"g{i}", "messages": messages[:-1], "reward": reward})
+    data = write_jsonl(root / "games.jsonl", records)
+    train(TrainConfig(data=str(data), output_dir=str(root / "pi0"), objective="sft", max_steps=30,
+                      learning_rate=3e-3, per_device_train_batch_size=8, report_to="none", disable_tqdm=True,
+                      save_steps=1000, seed=0))
+    return data, root / "pi0"
+
+
+def test_the_end_reward_reaches_the_first_token_within_five_steps(tmp_path, games):
+    """Won and lost games differ only at their end in reward; after 5 optimizer steps (Polyak 0.05) the first
+    agent token's target of a won game is above a lost one's by at least 0.5. One-step token targets move the
+    end's value back about one token per target update, leaving both at V = 1 here."""
+    from rwft.presets import load_model, load_tokenizer
+    from rwft.train.qsft import make_trainer, prepare
+
+    data, pi0 = games
+    config = _config(data, tmp_path / "q", model=str(pi0), behaviour_model=str(pi0), max_steps=5, polyak=0.05,
+                     gamma=1.0, per_device_train_batch_size=8, learning_rate=1e-3, save_steps=1000)
+    tokenizer = load_tokenizer(str(pi0))
+    prepared = prepare(config, tokenizer)
+    trainer = make_trainer(config, load_model(str(pi0)), tokenizer, prepared, [])
+    trainer.train()
+    rows = [prepared.data[i] for i in range(len(prepared.data))]
+    batch = trainer.data_collator(rows)
+    with torch.no_grad():
+        _, _, targets = trainer.loss(trainer.model, batch, None)
+    first = {int(r["row"]): float(targets[i][batch["labels"][i] != -100][0]) for i, r in enumerate(rows)}
+    assert sum(batch["labels"][0] != -100) >= 40  # about 50 agent tokens
+    won, lost = [first[i] for i in range(0, 8, 2)], [first[i] for i in range(1, 8, 2)]
+    assert min(won) - max(lost) >= 0.5, (won, lost)

@@ -89,11 +89,27 @@ def next_state_values(logp_target: torch.Tensor, logp_behaviour: torch.Tensor) -
     return torch.where(inside, ratio, torch.zeros_like(ratio)).amax(dim=-1).clamp(0.0, 1.0)
 
 
-def bellman_targets(reward: torch.Tensor, discount: torch.Tensor, nxt: torch.Tensor, values: torch.Tensor
-                    ) -> torch.Tensor:
-    """B_t = clip(r_t + discount_t * V[next_t], 0, 1), with V[-1] taken as 0 (``next`` indexes the same row)."""
-    v = values.gather(-1, nxt.clamp(min=0)) * (nxt >= 0)
-    return (reward + discount * v).clamp(0.0, 1.0)
+def bellman_targets(reward: torch.Tensor, discount: torch.Tensor, nxt: torch.Tensor, values: torch.Tensor,
+                    lam: torch.Tensor) -> torch.Tensor:
+    """B_t = clip(max(Y_t, G_t), 0, 1) along each row (``next`` indexes the same row; next_t > t or -1), with
+
+        Y_t = r_t + d_t [(1 - lam_t) V[next_t] + lam_t Y[next_t]]     (Peng's Q(lambda) return)
+        G_t = r_t + d_t G[next_t]                                      (the logged return-to-go)
+
+    and V[-1] = Y[-1] = G[-1] = 0. lam_t = 0 everywhere is the one-step target r + d V(s'); lam_t = 1 is G.
+    max(Y, G): G is the return of one continuation of (s_t, a_t), so where the environment is deterministic
+    given the agent's turns (twenty-questions) it is at most Q*(s_t, a_t); where it is not, it is one sample
+    of Q^beta and the max leans towards lucky outcomes (self-imitation's bias). The clip keeps targets in
+    [0, 1] when V overshoots."""
+    y, g = torch.zeros_like(reward), torch.zeros_like(reward)
+    has, idx = nxt >= 0, nxt.clamp(min=0)
+    v = values.gather(-1, idx) * has
+    for t in range(reward.size(-1) - 1, -1, -1):  # next_t > t: Y and G at next_t are final
+        j = idx[..., t:t + 1]
+        y_next, g_next = y.gather(-1, j).squeeze(-1) * has[..., t], g.gather(-1, j).squeeze(-1) * has[..., t]
+        y[..., t] = reward[..., t] + discount[..., t] * ((1 - lam[..., t]) * v[..., t] + lam[..., t] * y_next)
+        g[..., t] = reward[..., t] + discount[..., t] * g_next
+    return torch.maximum(y, g).clamp(0.0, 1.0)
 
 
 def qsft_loss(logits: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,

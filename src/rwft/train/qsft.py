@@ -266,8 +266,8 @@ class QCollator:
     rewards), ``phi_logp`` (log pi_phi of the logged token) and ``phi_ids`` / ``phi_lp`` (the cached top-k,
     -inf log-probability where empty)."""
 
-    def __init__(self, pad_token_id: int, gamma: float, k: int):
-        self.pad_token_id, self.gamma, self.k = pad_token_id, gamma, k
+    def __init__(self, pad_token_id: int, gamma: float, k: int, lam: float):
+        self.pad_token_id, self.gamma, self.k, self.lam = pad_token_id, gamma, k, lam
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         b, n, k = len(rows), max(len(r["input_ids"]) for r in rows), self.k
@@ -275,6 +275,7 @@ class QCollator:
         labels = np.full((b, n), -100, dtype=np.int64)
         nxt = np.full((b, n), -1, dtype=np.int64)
         reward, disc, logp = (np.zeros((b, n), dtype=np.float32) for _ in range(3))
+        lam = np.ones((b, n), dtype=np.float32)
         top_ids = np.zeros((b, n, k), dtype=np.int64)
         top_lp = np.full((b, n, k), -np.inf, dtype=np.float32)
         attention = np.zeros((b, n), dtype=np.int64)
@@ -285,14 +286,15 @@ class QCollator:
             ids[i, :m], attention[i, :m] = x, 1
             labels[i, agent] = x[agent]
             nxt[i, :m], reward[i, :m], disc[i, :m] = transitions(ti, r["turn_rewards"], self.gamma)
+            lam[i, :m][ti[nxt[i, :m]] != ti] = self.lam  # 1 inside a turn, lambda into the next agent turn
             logp[i, agent] = r["phi_logp"]
             kk = len(r["phi_ids"]) // max(len(agent), 1)
             top_ids[i, agent, :kk] = np.asarray(r["phi_ids"]).reshape(len(agent), kk)
             top_lp[i, agent, :kk] = np.asarray(r["phi_lp"]).reshape(len(agent), kk)
         t = torch.from_numpy
         return {"input_ids": t(ids), "attention_mask": t(attention), "labels": t(labels), "q_next": t(nxt),
-                "q_reward": t(reward), "q_discount": t(disc), "phi_logp": t(logp), "phi_ids": t(top_ids),
-                "phi_lp": t(top_lp)}
+                "q_reward": t(reward), "q_discount": t(disc), "q_lambda": t(lam), "phi_logp": t(logp),
+                "phi_ids": t(top_ids), "phi_lp": t(top_lp)}
 
 
 class _Polyak(TrainerCallback):
@@ -374,7 +376,7 @@ class QTrainer(WeightedTrainer):
             v = next_state_values(lbar, torch.cat([phi_logp[mask][:, None], phi_lp[mask]], dim=-1))
             values = torch.zeros_like(reward)
             values[mask] = v
-            targets = bellman_targets(reward, disc, nxt, values) * mask
+            targets = bellman_targets(reward, disc, nxt, values, inputs["q_lambda"]) * mask
         outputs = model(**x)
         loss, logp_a = qsft_loss(outputs.logits[:, :-1][state], labels[mask], targets[mask], num_items_in_batch)
         q = self._q
@@ -397,8 +399,8 @@ class QTrainer(WeightedTrainer):
 def write_qsft_json(config: TrainConfig, behaviour: Path) -> None:
     """OUTPUT/qsft.json: what acting with the run needs (read by the policy extraction)."""
     info = {"behaviour_model": str(behaviour), "beta": config.qsft_beta, "gamma": config.gamma,
-            "polyak": config.polyak, "top_k": config.qsft_top_k, "support_min_prob": SUPPORT_MIN_PROB,
-            "rescale_rewards": config.rescale_rewards}
+            "polyak": config.polyak, "lambda": config.qsft_lambda, "top_k": config.qsft_top_k,
+            "support_min_prob": SUPPORT_MIN_PROB, "rescale_rewards": config.rescale_rewards}
     write_text_atomic(Path(config.output_dir) / "qsft.json", json.dumps(info, indent=1) + "\n")
 
 
@@ -407,7 +409,8 @@ def make_trainer(config: TrainConfig, model, tokenizer, prepared: skeleton.Prepa
     if config.process_index == 0:
         write_qsft_json(config, behaviour)
     return weighted.make_trainer(config, model, tokenizer, prepared, callbacks, trainer_cls=QTrainer,
-                                 collator=QCollator(tokenizer.pad_token_id, config.gamma, config.qsft_top_k),
+                                 collator=QCollator(tokenizer.pad_token_id, config.gamma, config.qsft_top_k,
+                                                    config.qsft_lambda),
                                  polyak=config.polyak)
 
 

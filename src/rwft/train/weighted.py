@@ -58,6 +58,10 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """qsft: default beta of the acting policy pi_phi * exp(beta * p_theta) (written to OUTPUT/qsft.json)."""
     qsft_top_k: int = 16
     """qsft: behaviour tokens cached per state; the Bellman max runs over them and the logged token."""
+    qsft_lambda: float = 0.9
+    """qsft: lambda of the targets' return across agent turns, B = max(Y, G) with Y = r + gamma [(1 - lambda)
+    V(s') + lambda Y(s')] at each turn's end (a turn's tokens share it) and G the logged return; 0: bootstrap
+    from the next turn's value alone, 1: the logged return (Monte Carlo)."""
     group_by_length: bool = True
     """Batch conversations of similar length together to cut padding (rwft's mega-batch sampler)."""
     dataset_num_proc: int | None = field(default=None)
@@ -79,6 +83,8 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
                             f"{', '.join(LENGTH_NORMALIZATIONS)}")
         if not 0.0 < self.polyak <= 1.0:
             raise RwftError(f"--polyak: expected a value in (0, 1], got {self.polyak}")
+        if not 0.0 <= self.qsft_lambda <= 1.0:
+            raise RwftError(f"--qsft-lambda: expected a value in [0, 1], got {self.qsft_lambda}")
         if not isinstance(self.qsft_top_k, int) or self.qsft_top_k < 1:
             raise RwftError(f"--qsft-top-k: expected a positive integer, got {self.qsft_top_k!r}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
