@@ -227,3 +227,12 @@ def test_per_turn_trains_on_redistributed_credit_and_qsft_on_the_sft_cell(monkey
     for c in load_conversations(per_turn):
         credits = [m["reward"] for m in c.messages if m["role"] == "assistant"]
         assert sum(credits) == pytest.approx(c.reward) and len(credits) == len(c.agent_turns())
+
+
+def test_an_http_quality_judge_needs_its_model_name_before_anything_is_written(tmp_path):
+    cfg = compare.CompareConfig(output=str(tmp_path / "out"), env="clarify", env_args=["source=requests"],
+                                bootstrap_contexts=10, quality_judge="http://127.0.0.1:9/v1")
+    with pytest.raises(RwftError, match="needs --quality-api-model"):
+        compare.check_inputs(cfg)
+    assert not (tmp_path / "out").exists()
+    compare.check_inputs(replace(cfg, quality_api_model="judge"))  # named: accepted

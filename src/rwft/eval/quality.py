@@ -37,10 +37,10 @@ def judge_episodes(records: list[dict[str, Any]], generate, seed: int = 0, retri
 
 
 def judge_file(episodes: Path, out: Path, n: int, judge_model: str, cache: dict[str, Any],
-               seed: int = 0) -> list[dict[str, Any]]:
+               seed: int = 0, api_model: str = "") -> list[dict[str, Any]]:
     """The first ``n`` episodes of a JSONL file judged by ``judge_model`` (a model preset/directory or an
-    http(s):// URL, loaded into ``cache["backend"]`` on first use), written once to ``out`` and read from it
-    afterwards."""
+    http(s):// URL serving ``api_model``, loaded into ``cache["backend"]`` on first use), written once to ``out``
+    and read from it afterwards."""
     from rwft.data.io import write_jsonl_atomic
     from rwft.rollout.policies import make_policy
 
@@ -48,7 +48,7 @@ def judge_file(episodes: Path, out: Path, n: int, judge_model: str, cache: dict[
         return [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     records = [json.loads(x) for x in episodes.read_text().splitlines() if x.strip()][:n]
     if "backend" not in cache:
-        cache["backend"] = make_policy(judge_model, None, 64)
+        cache["backend"] = make_policy(judge_model, None, 64, api_model=api_model)
     rows = judge_episodes(records, cache["backend"].generate, seed=seed)
     write_jsonl_atomic(out, rows)
     return rows

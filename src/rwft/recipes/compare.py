@@ -131,6 +131,8 @@ class CompareConfig:
     quality_judge: str = ""
     """Rubric judge of language quality (the paper's six dimensions): a model preset/directory or an
     OpenAI-compatible http(s):// URL; empty: no judged quality."""
+    quality_api_model: str = ""
+    """The model name the --quality-judge URL serves (an http(s):// judge needs it)."""
     quality_episodes: int = 20
     """Evaluation episodes judged per cell (the first ones of its evaluation seed)."""
     threads: int = 0
@@ -246,7 +248,7 @@ def add_quality(config: CompareConfig, result: dict[str, Any], out: Path, judge:
         return []
     t0 = time.perf_counter()
     rows = judge_file(episodes, cell / "quality.jsonl", config.quality_episodes, config.quality_judge, judge,
-                      seed=config.collect_seed)
+                      seed=config.collect_seed, api_model=config.quality_api_model)
     metrics = quality_metrics(rows)
     if any(result["metrics"].get(k) != v for k, v in metrics.items() if v == v):  # new or changed (NaN skipped)
         result["metrics"].update(metrics)
@@ -285,6 +287,9 @@ def check_inputs(config: CompareConfig) -> None:
         locate_model(config.model)
     if config.quality_judge and not config.quality_judge.startswith(("http://", "https://")):
         locate_model(config.quality_judge)
+    elif config.quality_judge and not config.quality_api_model:
+        raise RwftError(f"--quality-judge {config.quality_judge}: an http(s):// judge needs --quality-api-model "
+                        "(the model name it serves)")
 
 
 def run_compare(config: CompareConfig) -> dict[str, Any]:
