@@ -179,7 +179,7 @@ def test_judged_quality_columns_once_per_cell_and_added_to_finished_cells(fake_s
                     "Confidence calibration: 4"] * len(conversations)
 
     monkeypatch.setattr(compare, "eval_cell", eval_cell)
-    monkeypatch.setattr(rwft.rollout.policies, "make_policy", lambda spec, env, n: Judge())
+    monkeypatch.setattr(rwft.rollout.policies, "make_policy", lambda spec, env, n, **kw: Judge())
     kw = dict(output=str(tmp_path / "cmp"), data=str(data), methods=["base", "refit"], seeds=[0], perplexity=False)
     compare.run_compare(compare.CompareConfig(**kw))  # no judge: no judged columns
     assert not judged and "judge_overall" not in open(tmp_path / "cmp" / "report" / "table.md").read()

@@ -46,13 +46,14 @@ from typing import Any
 from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, Objective
+from rwft.recipes.pi0_and_logs import EvalOptions, Pi0Options
 
 # One row per method: "base" (pi_0 untrained) and every offline objective of the registry, by its row name.
 METHODS: dict[str, Objective | None] = {"base": None, **{o.row: o for o in OBJECTIVES.values() if o.offline}}
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(Pi0Options, EvalOptions):
     """Options of ``rwft compare``."""
 
     output: str
@@ -69,16 +70,6 @@ class CompareConfig:
     """Methods to compare: base, sft, star-gate, star-gate-d, dpo, stepdpo, refit, swift, per-turn, qsft."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds: each method is trained and evaluated once per seed."""
-    bootstrap_contexts: int = 0
-    """Make pi_0 with rwft bootstrap from this many scripted contexts x 2 (tiny preset; 0: pi_0 = --model)."""
-    bootstrap_epochs: float = 3.0
-    """Epochs of that SFT."""
-    bootstrap_learning_rate: float = 2e-3
-    """Learning rate of that SFT (high: the tiny preset starts from random weights)."""
-    bootstrap_batch_size: int = 0
-    """Batch size of that SFT (0: --batch-size)."""
-    bootstrap_eval_contexts: int = 32
-    """Held-out contexts on which pi_0's mean and best-of-m reward are measured (m = --samples-per-context)."""
     contexts: int = 40
     """Contexts of the collected logs."""
     samples_per_context: int = 3
@@ -116,14 +107,8 @@ class CompareConfig:
     """LoRA rank."""
     lora_alpha: int = 16
     """LoRA alpha."""
-    eval_episodes: int = 40
-    """Evaluation tasks per seed."""
-    eval_seed: int = 1000
-    """Evaluation seed of cell seed s is eval_seed + s (fresh tasks, unseen in training for procedural envs)."""
     eval_env_args: list[str] = field(default_factory=list)
     """Extra environment options for evaluation only (e.g. split=test); appended to --env-args."""
-    eval_temperature: float = 0.7
-    """Sampling temperature at evaluation."""
     max_new_tokens: int = 48
     """Tokens generated per agent turn (collection and evaluation)."""
     perplexity: bool = True

@@ -6,8 +6,38 @@ collect``, or ``--data``) and their turn rewards by redistribution (``logs-per-t
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(kw_only=True)
+class Pi0Options:
+    """How ``rwft compare`` and ``rwft sweep`` make pi_0 with ``rwft bootstrap`` when none is given."""
+
+    bootstrap_contexts: int = 0
+    """Make pi_0 with rwft bootstrap from this many scripted contexts x 2 (tiny preset; 0: pi_0 is the given
+    model, compare's --model or sweep's --policy)."""
+    bootstrap_epochs: float = 3.0
+    """Epochs of that SFT."""
+    bootstrap_learning_rate: float = 2e-3
+    """Learning rate of that SFT (high: the tiny preset starts from random weights)."""
+    bootstrap_batch_size: int = 0
+    """Batch size of that SFT (0: --batch-size)."""
+    bootstrap_eval_contexts: int = 32
+    """Held-out contexts on which pi_0's mean and best-of-m reward are measured (m = --samples-per-context)."""
+
+
+@dataclass(kw_only=True)
+class EvalOptions:
+    """How ``rwft compare`` and ``rwft sweep`` evaluate each cell."""
+
+    eval_episodes: int = 40
+    """Evaluation tasks per seed."""
+    eval_seed: int = 1000
+    """Evaluation seed of cell seed s is eval_seed + s (fresh tasks, unseen in training for procedural envs)."""
+    eval_temperature: float = 0.7
+    """Sampling temperature at evaluation."""
 
 
 def make_pi0(config: Any, out: Path) -> str:

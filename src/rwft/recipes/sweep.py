@@ -19,17 +19,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.recipes.iterate import IterateConfig
+from rwft.recipes.pi0_and_logs import EvalOptions, Pi0Options
 
 
 @dataclass(kw_only=True)
-class SweepConfig(IterateConfig):
+class SweepConfig(IterateConfig, Pi0Options, EvalOptions):
     """Options of ``rwft sweep``: every cell is an ``rwft iterate`` run with these options, its objective, sync
     interval and seed taken from ``methods`` and ``seeds``; ``output`` is the experiment's directory."""
 
@@ -40,18 +41,6 @@ class SweepConfig(IterateConfig):
     """Seeds (training tasks and sampling; evaluation seed eval_seed + seed)."""
     dpo_learning_rate: float = 0.0
     """Learning rate of DPO cells (0: learning_rate)."""
-    bootstrap_contexts: int = 150
-    """Without --policy: scripted contexts x 2 for the bootstrap SFT of pi_0 (as examples/compare-demo.yaml)."""
-    bootstrap_epochs: float = 3.0
-    """Epochs of that SFT."""
-    bootstrap_learning_rate: float = 3e-3
-    """Its learning rate."""
-    eval_episodes: int = 100
-    """Evaluation episodes per cell."""
-    eval_seed: int = 1000
-    """Evaluation seed base."""
-    eval_temperature: float = 0.7
-    """Evaluation sampling temperature."""
 
     def cells(self) -> list[tuple[str, str, str, bool]]:
         """The cells (name, objective, interval, sync reference), each checked as its ``rwft iterate`` will be."""
@@ -64,6 +53,8 @@ class SweepConfig(IterateConfig):
             self.cell(self.policy or "pi0", *out[-1], 0, Path(self.output)).check()
         if len(self.env) != 1:
             raise RwftError(f"--env {self.env}: rwft sweep trains and evaluates in one environment")
+        if not self.policy and self.bootstrap_contexts <= 0:
+            raise RwftError("no pi_0: give --policy, or --bootstrap-contexts N to make one with rwft bootstrap")
         return out
 
     def cell(self, pi0: str, name: str, objective: str, sync: str, ref: bool, seed: int, out: Path) -> IterateConfig:
@@ -141,8 +132,7 @@ def run_experiment(config: SweepConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)
     pi0 = config.policy or make_pi0(CompareConfig(
         output=str(out), env=config.env[0], env_args=list(config.env_args),
-        bootstrap_contexts=config.bootstrap_contexts, bootstrap_epochs=config.bootstrap_epochs,
-        bootstrap_learning_rate=config.bootstrap_learning_rate,
+        **{f.name: getattr(config, f.name) for f in fields(Pi0Options)},
         max_new_tokens=config.max_new_tokens, samples_per_context=config.group_size), out)
     results = []
     for seed in config.seeds:
