@@ -17,8 +17,13 @@ state s_t is everything before it, and the model's logits at t - 1 give p(. | s_
   the behaviour policy never takes. Restricting it to the behaviour's support is the usual conservative
   (BCQ-like) choice and lets pi_phi's figures be computed once and cached. The ratio is clamped to [0, 1]
   (Q-values of returns in [0, 1] lie there).
-- ``bellman_targets``: B = clip(r + discount * V(s'), 0, 1) (the public re-implementations' clamp; it also
-  keeps negative redistributed turn rewards from giving negative targets).
+- ``bellman_targets``: B = clip(max(Y, G), 0, 1), Y Peng's Q(lambda) return along the logged sequence
+  (lambda per position: the trainer uses 1 inside a turn and ``--qsft-lambda`` into the next turn), G the
+  logged return-to-go, a lower bound of Q* where the environment is deterministic given the agent's turns.
+  lambda = 0 is the paper's one-step target clip(r + discount * V(s'), 0, 1). Why not one-step alone: the
+  Q model and its target start close to pi_phi, so V = 1 at every state and the targets start at their
+  maximum; one-step targets carry a conversation's reward back one token per target update, and a lower
+  bound alone cannot lower them.
 - ``qsft_loss``: the paper's weighted cross-entropy without a dense V-sized target.
 - ``polyak_``: theta_bar <- (1 - alpha) theta_bar + alpha theta.
 

@@ -15,17 +15,19 @@ Three models from the same pretrained weights (``--model``):
   optimizer step, saved in every checkpoint (``qsft_target.safetensors``) and restored on resume. One
   no-grad target forward per batch gives p_bar at every next state of the batch.
 
-Rewards (``qsft_turn_rewards``): per agent turn, message-level rewards where the data has
-them, else the conversation's reward on its last agent turn; they must lie in [0, 1] or
-``--rescale-rewards`` maps the returns onto it. Targets, transitions and the loss are
-``objectives.qsft``'s. The loss is the paper's weighted cross-entropy: weight B on the logged token and
-1 - B spread uniformly over the other V - 1 tokens (not a dummy token: that needs a vocabulary entry the
-pretrained model does not have, and the uniform spread keeps every logit's gradient bounded), normalized
-like ``weighted_nll``. The step log adds ``target_mean`` (mean B), ``q_ratio_mean`` (mean p_theta/pi_phi
-on logged tokens) and ``next_value_mean``. ``OUTPUT/qsft.json`` records what acting needs:
-``behaviour_model`` (absolute path), ``beta``, ``gamma``, ``polyak``, ``top_k``. Multi-process launches
-need ``--behaviour-model`` (the nested SFT run trains in one process); the functional target forward
-assumes unsharded weights (DDP, not FSDP / DeepSpeed ZeRO-3).
+Rewards (``qsft_turn_rewards``): per agent turn, message-level rewards where the data has them, else the
+conversation's reward on its last agent turn; every state's reward-to-go must lie in [0, 1] or
+``--rescale-rewards`` maps all of them onto it; ``rwft label --per-turn`` credits are refused. Targets
+(``QCollator`` sets lambda 1 inside a turn and ``--qsft-lambda`` into the next), transitions and the loss are
+``objectives.qsft``'s; the first token of a sequence is never an action (``action_turns``). The loss is the
+paper's weighted cross-entropy: weight B on the logged token and 1 - B spread uniformly over the other V - 1
+tokens (not a dummy token: that needs a vocabulary entry the pretrained model does not have, and the uniform
+spread keeps every logit's gradient bounded), normalized like ``weighted_nll``. The step log adds
+``target_mean`` (mean B), ``q_ratio_mean`` (mean p_theta/pi_phi on logged tokens) and ``next_value_mean``.
+``OUTPUT/qsft.json`` records what acting needs: ``behaviour_model`` (absolute path), ``beta``, ``gamma``,
+``polyak``, ``lambda``, ``top_k``. Multi-process launches need ``--behaviour-model`` (the nested SFT run
+trains in one process); the functional target forward assumes unsharded weights (DDP, not FSDP / DeepSpeed
+ZeRO-3).
 """
 
 from __future__ import annotations
@@ -263,8 +265,9 @@ def action_turns(turn_index) -> np.ndarray:
 class QCollator:
     """Right-padded batches with, per label position t (the state before token t): ``labels`` (agent tokens,
     else -100), ``q_next`` / ``q_reward`` / ``q_discount`` (``objectives.qsft.transitions`` of the row's turn
-    rewards), ``phi_logp`` (log pi_phi of the logged token) and ``phi_ids`` / ``phi_lp`` (the cached top-k,
-    -inf log-probability where empty)."""
+    rewards), ``q_lambda`` (1 inside a turn, ``lam`` into the next agent turn), ``phi_logp`` (log pi_phi of the
+    logged token) and ``phi_ids`` / ``phi_lp`` (the cached top-k, -inf log-probability where empty). Agent
+    tokens are those of ``action_turns``."""
 
     def __init__(self, pad_token_id: int, gamma: float, k: int, lam: float):
         self.pad_token_id, self.gamma, self.k, self.lam = pad_token_id, gamma, k, lam
