@@ -178,7 +178,8 @@ def test_prepared_rows_match_the_in_memory_path(tmp_path, cache, tok):
             assert r["input_ids"].tolist() == row["input_ids"] and r["turn_index"].tolist() == row["turn_index"]
             assert r["turn_weights"].tolist() == pytest.approx(row["turn_weights"])
             assert int(r["length"]) == row["length"]
-        assert set(ds.column_names) == {"input_ids", "turn_index", "turn_weights", "length"}
+            assert r["token_penalty"].tolist() == row["token_penalty"] == []  # no spans in these logs
+        assert set(ds.column_names) == {"input_ids", "turn_index", "token_penalty", "turn_weights", "length"}
 
 
 def test_several_processes_give_the_same_tokens(tmp_path, cache, tok):

@@ -20,7 +20,7 @@ from rwft.data.conversation import Conversation
 from rwft.data.io import iter_conversations
 from rwft.errors import RwftError
 
-READ_VERSION = "r1"
+READ_VERSION = "r2"  # r2: error spans checked
 WRITE_ROWS = 8192  # conversations per Arrow record batch while reading
 
 

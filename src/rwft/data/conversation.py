@@ -17,6 +17,11 @@ Messages may carry, as in OpenAI's chat and fine-tuning formats:
   this shape); the content may then be null, missing or "" (stored as "").
 - ``tool`` messages: the result of a call (content a string; ``tool_call_id`` and ``name`` optional).
   They are observations, never trained.
+- ``spans`` on an agent message: error spans ``[{"start": int, "end": int, "severity": "minor" | "major" |
+  "critical"}]``, character offsets ``[start, end)`` into the message's *span text* (``span_text``: the
+  content, then, when it calls tools, a newline if there is content and the calls in the Hermes/Qwen
+  ``<tool_call>`` text form of ``data.chat_template.tool_calls_text``), with 0 <= start < end <= its length,
+  sorted or not but never overlapping. ``data.encode`` turns them into per-token penalties.
 - ``weight`` on an agent message: 0 leaves that turn out of training (it still counts in the turn
   numbering), 1 or absent trains it; any other value is an error. On other messages only 0 and 1 are
   accepted and they change nothing (other messages are never trained).
@@ -45,9 +50,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rwft.data.chat_template import tool_calls_text
 from rwft.errors import RwftError
 
 STANDARD_ROLES = ("system", "developer", "user", "assistant", "tool")
+SEVERITIES = ("minor", "major", "critical")
+"""The severities of an error span (MQM's, as xCOMET marks them)."""
 
 
 @dataclass
@@ -109,6 +117,47 @@ def _number(value: Any, where: str, name: str) -> float:
         raise RwftError(f"{where}: field '{name}': expected a finite number, got {value}")
     return float(value)
 
+
+
+def span_text(message: dict[str, Any]) -> str:
+    """The text a message's ``spans`` index: its content, then its tool calls as ``tool_calls_text`` writes them
+    (after a newline when there is content), as the agent wrote them in rwft's environments."""
+    content, calls = message.get("content") or "", message.get("tool_calls") or []
+    if not calls:
+        return content
+    text = tool_calls_text(calls)
+    return content + "\n" + text if content else text
+
+
+def _spans(value: Any, text: str, where: str, name: str) -> list[dict[str, Any]]:
+    """Check a message's error spans against its span text; returned sorted by start."""
+    shape = '[{"start": 0, "end": 5, "severity": "major"}, ...]'
+    if not isinstance(value, list):
+        raise RwftError(f"{where}: field '{name}': expected a list of error spans {shape}, got {_show(value)}")
+    out = []
+    for s, span in enumerate(value):
+        sn = f"{name}[{s}]"
+        if not isinstance(span, dict):
+            raise RwftError(f"{where}: field '{sn}': expected an object {{start, end, severity}}, got {_show(span)}")
+        for key in ("start", "end"):
+            v = span.get(key)
+            if isinstance(v, bool) or not isinstance(v, int):
+                got = "missing" if key not in span else _show(v)
+                raise RwftError(f"{where}: field '{sn}.{key}': expected an integer character offset, got {got}")
+        start, end, severity = span["start"], span["end"], span.get("severity")
+        if not 0 <= start < end <= len(text):
+            raise RwftError(f"{where}: field '{sn}': span [{start}, {end}) is empty or outside the message's text "
+                            f"of {len(text)} characters (expected 0 <= start < end <= {len(text)})")
+        if severity not in SEVERITIES:
+            raise RwftError(f"{where}: field '{sn}.severity': expected one of {', '.join(SEVERITIES)}, "
+                            f"got {'missing' if 'severity' not in span else _show(severity)}")
+        out.append(({"start": start, "end": end, "severity": severity}, s))
+    out.sort(key=lambda x: x[0]["start"])
+    for (a, i), (b, j) in zip(out, out[1:], strict=False):
+        if b["start"] < a["end"]:
+            raise RwftError(f"{where}: field '{name}[{j}]': span [{b['start']}, {b['end']}) overlaps "
+                            f"{name}[{i}] [{a['start']}, {a['end']})")
+    return [span for span, _ in out]
 
 
 def _show(value: Any) -> str:
@@ -272,7 +321,7 @@ def _message(m: Any, name, where: str, agent_role: str, roles: set[str]) -> dict
     if role not in roles:
         raise RwftError(f"{where}: field '{name('role')}': unknown role {role!r}; expected one of {sorted(roles)}")
     msg = dict(m)
-    for key in ("reward", "weight", "tool_calls", "tool_call_id", "name"):  # null = absent (Arrow fills gaps)
+    for key in ("reward", "weight", "tool_calls", "tool_call_id", "name", "spans"):  # null = absent (Arrow fills gaps)
         if key in msg and msg[key] is None:
             del msg[key]
     if "tool_calls" in msg:
@@ -294,6 +343,13 @@ def _message(m: Any, name, where: str, agent_role: str, roles: set[str]) -> dict
             raise RwftError(f"{where}: field '{name(key)}': expected a string, got {_show(msg[key])}")
     if "reward" in msg:
         msg["reward"] = _number(msg["reward"], where, name("reward"))
+    if "spans" in msg:
+        if role != agent_role:
+            raise RwftError(f"{where}: field '{name('spans')}': error spans are only allowed on agent messages "
+                            f"(role {agent_role!r}), not on a {role!r} message")
+        msg["spans"] = _spans(msg["spans"], span_text(msg), where, name("spans"))
+        if not msg["spans"]:
+            del msg["spans"]
     if "weight" in msg:
         w = msg["weight"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w not in (0, 1):

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from rwft.data.arrow import data_cache_dir, digest, read_dataset
-from rwft.data.conversation import Conversation
+from rwft.data.conversation import SEVERITIES, Conversation
 from rwft.data.io import iter_conversations
 from rwft.data.weighting import (
     column_turn_weights,
@@ -45,7 +45,7 @@ from rwft.data.weighting import (
 from rwft.errors import RwftError
 from rwft.presets import build_atomically, quiet_hf
 
-ENCODE_VERSION = "e1"
+ENCODE_VERSION = "e2"  # e2: token_penalty and error_spans
 SMALL_DATA = 2000  # below this many conversations, tokenize in this process
 
 __all__ = [
@@ -85,18 +85,22 @@ def _encode_batch(batch: dict[str, list], tokenizer, max_length: int, agent_role
     tools = [json.loads(t) if t is not None else None for t in batch["tools"]]
     encoded = E.encode_batch(tokenizer, conversations, max_length, agent_role, tools)  # one tokenizer call
     out: dict[str, list] = {k: [] for k in
-                            ("input_ids", "turn_index", "length", "agent_tokens", "turn_tokens", "truncated",
-                             "too_long")}
+                            ("input_ids", "turn_index", "token_penalty", "length", "agent_tokens", "turn_tokens",
+                             "truncated", "too_long", "error_spans")}
     for messages, enc in zip(conversations, encoded, strict=True):
         n_turns = sum(1 for m in messages if m["role"] == agent_role)
         if enc is None:
-            ids, ti, truncated, too_long = [], [], False, True
+            ids, ti, pen, truncated, too_long = [], [], [], False, True
             turn_tokens = [0] * n_turns
         else:
-            ids, ti, truncated, too_long = enc.input_ids, enc.turn_index, bool(enc.truncated), False
+            ids, ti, pen = enc.input_ids, enc.turn_index, enc.token_penalty
+            truncated, too_long = bool(enc.truncated), False
             turn_tokens = [ti.count(k) for k in range(n_turns)]
+        severities = [s["severity"] for m in messages if m["role"] == agent_role for s in m.get("spans") or ()]
         out["input_ids"].append(ids)
         out["turn_index"].append(ti)
+        out["token_penalty"].append(pen)
+        out["error_spans"].append([severities.count(s) for s in SEVERITIES])
         out["length"].append(len(ids))
         out["agent_tokens"].append(sum(turn_tokens))
         out["turn_tokens"].append(turn_tokens)
@@ -111,11 +115,13 @@ def _encoded_features():
     return datasets.Features({
         "input_ids": datasets.List(datasets.Value("int32")),
         "turn_index": datasets.List(datasets.Value("int32")),
+        "token_penalty": datasets.List(datasets.Value("float32")),
         "length": datasets.Value("int32"),
         "agent_tokens": datasets.Value("int32"),
         "turn_tokens": datasets.List(datasets.Value("int32")),
         "truncated": datasets.Value("bool"),
         "too_long": datasets.Value("bool"),
+        "error_spans": datasets.List(datasets.Value("int32")),
     })
 
 
@@ -144,9 +150,11 @@ def encode_dataset(ds, tokenizer, max_length: int, agent_role: str = "assistant"
     """Tokenize every row of a ``read_dataset`` dataset with the chat template, in ``num_proc`` processes.
 
     Returns a dataset aligned row for row with ``ds``: ``input_ids``, ``turn_index`` (per token: the agent
-    turn, counted over the original conversation's agent messages, or -1), ``length``, ``agent_tokens``,
-    ``turn_tokens`` (tokens of each agent turn; 0 for a turn truncation dropped), ``truncated`` and
-    ``too_long`` (empty ``input_ids``; the caller drops these rows after counting them). Independent of the
+    turn, counted over the original conversation's agent messages, or -1), ``token_penalty`` (per token: the
+    ``data.encode.SEVERITY_PENALTY`` of the error spans it is in, 0 outside them; empty for a conversation
+    without spans), ``length``, ``agent_tokens``, ``turn_tokens`` (tokens of each agent turn; 0 for a turn
+    truncation dropped), ``truncated``, ``too_long`` (empty ``input_ids``; the caller drops these rows after
+    counting them) and ``error_spans`` (the record's spans of each severity, ``SEVERITIES``' order). Independent of the
     objective; cached under ``$RWFT_CACHE/data/encoded-<key>/`` (see the module docstring), written into a
     temporary directory renamed on success, so concurrent or killed runs never see half of it.
     """
@@ -236,7 +244,8 @@ def prepare_training_data(
     per-row data).
 
     Returns ``(dataset, stats)``: the dataset holds the kept rows only, with ``input_ids``, ``turn_index``,
-    ``turn_weights`` (one per agent turn of the original conversation) and ``length``, formatted as numpy;
+    ``token_penalty`` (see ``encode_dataset``), ``turn_weights`` (one per agent turn of the original
+    conversation) and ``length``, formatted as numpy;
     ``stats`` counts conversations, kept, zero_weight, truncated, too_long, agent_tokens and tokens.
     Raises RwftError before anything is written to the user's output when a record is bad or nothing is left.
     """
@@ -275,7 +284,7 @@ def prepare_training_data(
         )
     values = normalize_lengths(values, offsets, turn_tokens, mode)
     weights = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.float32()))
-    out = enc.select_columns(["input_ids", "turn_index", "length"]).add_column(
+    out = enc.select_columns(["input_ids", "turn_index", "token_penalty", "length"]).add_column(
         "turn_weights", weights, new_fingerprint=digest(enc._fingerprint, objective, top_k, threshold, gamma, mode))
     if with_row:
         out = out.add_column("row", pa.array(np.arange(len(raw), dtype=np.int64)),
@@ -289,7 +298,8 @@ def build_sequences(
     tokenizer, convs: list[Conversation], weights: list[list[float]], max_length: int, agent_role: str
 ) -> tuple[list[dict[str, Any]], EncodeStats]:
     """In-memory variant for small lists of conversations: rows with ``input_ids``, ``turn_index``,
-    ``turn_weights`` and ``length``; those with no weight or that cannot fit are dropped (counted)."""
+    ``token_penalty``, ``turn_weights`` and ``length``; those with no weight or that cannot fit are dropped
+    (counted)."""
     from rwft.data.encode import encode_conversation as encode
 
     stats = EncodeStats(conversations=len(convs))
@@ -312,6 +322,7 @@ def build_sequences(
         stats.kept += 1
         stats.agent_tokens += weighted
         stats.tokens += len(enc.input_ids)
-        rows.append({"input_ids": list(enc.input_ids), "turn_index": ti.tolist(), "turn_weights": list(w),
+        rows.append({"input_ids": list(enc.input_ids), "turn_index": ti.tolist(),
+                     "token_penalty": list(enc.token_penalty), "turn_weights": list(w),
                      "length": len(enc.input_ids)})
     return rows, stats

@@ -35,6 +35,16 @@ support tools, else by a documented fallback). Tool calls are agent tokens (trai
 An agent message with ``weight: 0`` (OpenAI's fine-tuning format) keeps its place in the turn numbering but
 its tokens get -1.
 
+**Error spans to token penalties.** An agent message's ``spans`` (``data.conversation``: character offsets
+into its span text, the content then the calls as ``<tool_call>`` text) become ``Encoded.token_penalty``:
+token t gets the largest ``SEVERITY_PENALTY`` of the spans whose characters its own (non-empty) characters
+overlap, so a token a span cuts is in the span; 0 outside every span. The mapping goes through the
+tokenizer's character offsets of the whole rendering: the message's rendered text is located inside its
+turn's characters (verbatim, or stripped of surrounding whitespace, as templates that ``trim`` render it),
+and a span offset is shifted by its position. Calls a template renders natively (its own format, not the
+span text's) cannot be located character by character: a span reaching into the calls covers every token
+from the end of the content to the end of the turn. Rendered text that is not found gives a clear error.
+
 Truncation policy (``max_length``): the leading messages up to the first agent turn (the task) are
 always kept; whole exchanges (an agent turn and the observations after it) are dropped from the
 oldest until the rest fits. If even the task plus the last agent turn does not fit, the conversation
@@ -45,14 +55,20 @@ reported by ``rwft validate`` and ``rwft train``.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
 from rwft.data.chat_template import has_generation_prompt, prepare_messages, renderer
+from rwft.data.conversation import span_text
 from rwft.errors import RwftError
 
 _BEG, _END = itemgetter(0), itemgetter(1)
+
+SEVERITY_PENALTY = {"minor": 1.0, "major": 5.0, "critical": 10.0}
+"""Penalty of a token in an error span of each severity: MQM's weights as xCOMET and the fine-grained MT reward
+(Ramos et al., 2025) use them, so one critical error costs as much as ten minor ones and a judge's severities
+keep the ratios translation evaluation settled on; ``rwft train --span-weight`` scales them into the weight."""
 
 
 @dataclass
@@ -62,6 +78,7 @@ class Encoded:
     input_ids: list[int]
     turn_index: list[int]  # index over ALL agent messages of the original conversation, or -1
     truncated: bool  # oldest exchanges were dropped to fit max_length
+    token_penalty: list[float] = field(default_factory=list)  # per token (SEVERITY_PENALTY); [] without spans
 
 
 def agent_mask(enc: Encoded) -> list[bool]:
@@ -79,12 +96,49 @@ def _rewrites_error() -> RwftError:
     )
 
 
-def _spans(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[int], tools, render=None):
-    """The whole rendering and each agent turn's character span: (text, [(start, end, turn index or -1)])."""
+Marks = dict[int, tuple[str, list[dict]]]  # agent ordinal -> (its span text, its error spans)
+
+
+def _marks(messages: list[dict], agent_role: str) -> Marks:
+    """The error spans of each agent message that has some, keyed by its agent ordinal."""
+    agents = [m for m in messages if m["role"] == agent_role]
+    return {k: (span_text(m), m["spans"]) for k, m in enumerate(agents) if m.get("spans")}
+
+
+def _errors(full: str, start: int, end: int, content: str, marks: tuple[str, list[dict]], k: int):
+    """One turn's error spans in the whole rendering's characters: [(start, end, penalty)] (module docstring).
+    ``content``: the message's text as the template got it, rendered within ``full[start:end]``."""
+    text, spans = marks
+    pos = full.find(content, start, end) if content else start
+    lo, hi = pos, pos + len(content)
+    if pos < 0:  # a template that trims the content
+        core = content.strip()
+        found = full.find(core, start, end) if core else -1
+        if found < 0:
+            raise RwftError(f"agent turn {k}: the chat template does not render the message's text as written; "
+                            "its error spans cannot be located")
+        lo, hi = found, found + len(core)
+        pos = found - (len(content) - len(content.lstrip()))
+    native_calls = len(text) > len(content)  # the calls were rendered by the template itself
+    out = []
+    for span in spans:
+        a, b, p = span["start"], span["end"], SEVERITY_PENALTY[span["severity"]]
+        if a < len(content):
+            out.append((max(lo, pos + a), min(hi, pos + min(b, len(content))), p))
+        if native_calls and b > len(content):
+            out.append((max(hi, pos + len(content)), end, p))
+    return [(x, y, p) for x, y, p in out if x < y]
+
+
+def _spans(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[int], tools, render=None,
+           marks: Marks | None = None):
+    """The whole rendering, each agent turn's character span and the error spans' characters with their
+    penalties: (text, [(start, end, turn index or -1)], [(start, end, penalty)])."""
     render = render or renderer(tokenizer, tools, msgs)
     full = render(msgs, False)
     gen = has_generation_prompt(tokenizer)
     spans: list[tuple[int, int, int]] = []  # (start char, end char, turn index or -1)
+    errors: list[tuple[int, int, float]] = []
     for j, k in enumerate(turn):
         if k is None:
             continue
@@ -108,7 +162,9 @@ def _spans(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[in
             found = full.find(content, len(before), end) if content else -1
             start = found if found >= 0 else (max(len(before), end - 1) if not content else len(before))
         spans.append((start, end, -1 if k in excluded else k))
-    return full, spans
+        if marks and k in marks and k not in excluded:
+            errors += _errors(full, start, end, msgs[j]["content"], marks[k], k)
+    return full, spans, errors
 
 
 def _tokenize(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
@@ -129,9 +185,24 @@ def _tokenize(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[i
     return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
 
 
-def _index(ids: list[int], offsets, spans: list[tuple[int, int, int]]):
+def _penalties(offsets: list, index: list[int], errors: list[tuple[int, int, float]]) -> list[float]:
+    """Per token, the largest penalty of the error spans its (non-empty) characters overlap, on agent tokens;
+    [] without error spans."""
+    if not errors:
+        return []
+    out = [0.0] * len(offsets)
+    for a, b, p in errors:
+        t = bisect_right(offsets, a, key=_END)  # first token ending after the span's start
+        while t < len(offsets) and offsets[t][0] < b:
+            if offsets[t][1] > offsets[t][0] and index[t] >= 0:
+                out[t] = max(out[t], p)
+            t += 1
+    return out
+
+
+def _index(ids: list[int], offsets, spans: list[tuple[int, int, int]], errors=()):
     """(Encoded, token index where each agent turn starts): a token belongs to the turn whose span its
-    (non-empty) characters overlap."""
+    (non-empty) characters overlap; its penalty is that of the error spans it overlaps (``_penalties``)."""
     n = len(ids)
     offsets = offsets if isinstance(offsets, list) else list(offsets)
     index = [-1] * n
@@ -151,17 +222,18 @@ def _index(ids: list[int], offsets, spans: list[tuple[int, int, int]]):
             if offsets[t][1] > offsets[t][0]:
                 index[t] = k
             t += 1
-    return Encoded(list(ids), index, truncated=False), starts
+    return Encoded(list(ids), index, truncated=False, token_penalty=_penalties(offsets, index, list(errors))), starts
 
 
-def _encode(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[int], tools):
+def _encode(tokenizer, msgs: list[dict], turn: list[int | None], excluded: set[int], tools, marks: Marks):
     """Encode prepared messages without truncation: (Encoded, token index where each agent turn starts)."""
-    full, spans = _spans(tokenizer, msgs, turn, excluded, tools)
+    full, spans, errors = _spans(tokenizer, msgs, turn, excluded, tools, marks=marks)
     [(ids, offsets)] = _tokenize(tokenizer, [full])
-    return _index(ids, offsets, spans)
+    return _index(ids, offsets, spans, errors)
 
 
-def _truncate(tokenizer, msgs, turn, excluded, tool_arg, enc: Encoded, starts: list[int], max_length: int):
+def _truncate(tokenizer, msgs, turn, excluded, tool_arg, marks: Marks, enc: Encoded, starts: list[int],
+              max_length: int):
     """The truncation policy, given the full encoding that does not fit."""
     agents = [j for j, k in enumerate(turn) if k is not None]
     if len(agents) < 2:
@@ -171,7 +243,7 @@ def _truncate(tokenizer, msgs, turn, excluded, tool_arg, enc: Encoded, starts: l
 
     def attempt(drop: int) -> Encoded:
         cut = agents[drop]
-        out, _ = _encode(tokenizer, head + msgs[cut:], head_turn + turn[cut:], excluded, tool_arg)
+        out, _ = _encode(tokenizer, head + msgs[cut:], head_turn + turn[cut:], excluded, tool_arg, marks)
         out.truncated = True
         return out
 
@@ -203,10 +275,11 @@ def encode_conversation(
 ) -> Encoded | None:
     """Encode under the truncation policy of this module; None when the conversation cannot fit."""
     msgs, turn, excluded, tool_arg = prepare_messages(tokenizer, messages, agent_role, tools)
-    enc, starts = _encode(tokenizer, msgs, turn, excluded, tool_arg)
+    marks = _marks(messages, agent_role)
+    enc, starts = _encode(tokenizer, msgs, turn, excluded, tool_arg, marks)
     if len(enc.input_ids) <= max_length:
         return enc
-    return _truncate(tokenizer, msgs, turn, excluded, tool_arg, enc, starts, max_length)
+    return _truncate(tokenizer, msgs, turn, excluded, tool_arg, marks, enc, starts, max_length)
 
 
 def encode_batch(
@@ -230,16 +303,17 @@ def encode_batch(
     prepared, texts, spans = [], [], []
     for messages, conv_tools in zip(conversations, tools, strict=True):
         msgs, turn, excluded, tool_arg = prepare_messages(tokenizer, messages, agent_role, conv_tools)
+        marks = _marks(messages, agent_role)
         if tool_arg is None:  # the common case: one renderer for the batch
             render = renderers.get("") or renderers.setdefault("", renderer(tokenizer, None, msgs, kwargs))
         else:
             render = renderer(tokenizer, tool_arg, msgs, kwargs)
-        full, conv_spans = _spans(tokenizer, msgs, turn, excluded, tool_arg, render)
-        prepared.append((msgs, turn, excluded, tool_arg))
+        full, conv_spans, errors = _spans(tokenizer, msgs, turn, excluded, tool_arg, render, marks)
+        prepared.append((msgs, turn, excluded, tool_arg, marks))
         texts.append(full)
-        spans.append(conv_spans)
+        spans.append((conv_spans, errors))
     out: list[Encoded | None] = []
-    for prep, (ids, offsets), conv_spans in zip(prepared, _tokenize(tokenizer, texts), spans, strict=True):
-        enc, starts = _index(ids, offsets, conv_spans)
+    for prep, (ids, offsets), (conv_spans, errors) in zip(prepared, _tokenize(tokenizer, texts), spans, strict=True):
+        enc, starts = _index(ids, offsets, conv_spans, errors)
         out.append(enc if len(enc.input_ids) <= max_length else _truncate(tokenizer, *prep, enc, starts, max_length))
     return out

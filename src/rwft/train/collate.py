@@ -66,13 +66,30 @@ def _as_array(lengths) -> np.ndarray:
     return np.asarray(lengths, dtype=np.int64)
 
 
-class WeightedCollator:
-    """Right-pad rows of ``input_ids``, ``turn_index`` (per token, -1 outside agent turns) and ``turn_weights``
-    (per agent turn) into ``input_ids`` (pad id), ``attention_mask``, ``labels`` (the token where its turn's
-    weight is non-zero, else -100) and ``token_weights`` (``turn_weights[turn_index]``, 0 elsewhere)."""
+def token_weights(turn_index: np.ndarray, turn_weights: np.ndarray, penalty: np.ndarray | None,
+                  span_weight: float) -> np.ndarray:
+    """One row's token weights: w_t = w_{k(t)} - lambda * p_t where the turn's weight w_{k(t)} != 0, else 0.
 
-    def __init__(self, pad_token_id: int):
+    k(t) is the token's agent turn (``turn_index``, -1: none), p_t its error-span penalty (``token_penalty``,
+    ``data.encode.SEVERITY_PENALTY``; None or empty: 0) and lambda ``span_weight``. Tokens outside every span
+    keep their turn's weight; a turn the objective does not train (w = 0) stays out, so the trained tokens
+    (the labels) and the loss's normalizer are the same with and without spans."""
+    w = np.where(turn_index >= 0, turn_weights[np.maximum(turn_index, 0)], 0.0) if len(turn_weights) else \
+        np.zeros(len(turn_index))
+    if penalty is not None and len(penalty) and span_weight:
+        w = np.where(w != 0, w - span_weight * penalty, 0.0)
+    return w
+
+
+class WeightedCollator:
+    """Right-pad rows of ``input_ids``, ``turn_index`` (per token, -1 outside agent turns), ``turn_weights``
+    (per agent turn) and ``token_penalty`` (optional, per token) into ``input_ids`` (pad id), ``attention_mask``,
+    ``labels`` (the token where its weight is non-zero, else -100) and ``token_weights`` (``token_weights``
+    of each row with ``span_weight`` as lambda, 0 on padding)."""
+
+    def __init__(self, pad_token_id: int, span_weight: float = 0.0):
         self.pad_token_id = pad_token_id
+        self.span_weight = span_weight
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
@@ -86,9 +103,10 @@ class WeightedCollator:
             input_ids[i, :k] = ids[i]
             t = np.asarray(r["turn_index"], dtype=np.int64)
             turn[i, :k] = t
-            tw = np.asarray(r["turn_weights"], dtype=np.float32)
-            if len(tw):
-                weights[i, :k] = np.where(t >= 0, tw[np.maximum(t, 0)], 0.0)
+            penalty = r.get("token_penalty")
+            weights[i, :k] = token_weights(t, np.asarray(r["turn_weights"], dtype=np.float32),
+                                           None if penalty is None else np.asarray(penalty, dtype=np.float32),
+                                           self.span_weight)
         attention = np.arange(n)[None, :] < lens[:, None]
         labels = np.where((weights != 0) & attention, input_ids, -100)
         return {

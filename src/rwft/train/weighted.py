@@ -62,6 +62,10 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """qsft: lambda of the targets' return across agent turns, B = max(Y, G) with Y = r + gamma [(1 - lambda)
     V(s') + lambda Y(s')] at each turn's end (a turn's tokens share it) and G the logged return; 0: bootstrap
     from the next turn's value alone, 1: the logged return (Monte Carlo)."""
+    span_weight: float = 0.1
+    """lambda of the error spans (rwft label --spans): a token in a span weighs w - lambda * p instead of its turn's
+    w, p its severity's penalty (minor 1, major 5, critical 10), in the turns the objective trains (w != 0); 0
+    ignores spans. 0.1: one critical error costs 1, the whole range of a [0, 1] reward; a minor one 0.1."""
     group_by_length: bool = True
     """Batch conversations of similar length together to cut padding (rwft's mega-batch sampler)."""
     dataset_num_proc: int | None = field(default=None)
@@ -87,6 +91,8 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
             raise RwftError(f"--qsft-lambda: expected a value in [0, 1], got {self.qsft_lambda}")
         if not isinstance(self.qsft_top_k, int) or self.qsft_top_k < 1:
             raise RwftError(f"--qsft-top-k: expected a positive integer, got {self.qsft_top_k!r}")
+        if not self.span_weight >= 0.0:
+            raise RwftError(f"--span-weight: expected a value >= 0 (0 ignores spans), got {self.span_weight}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
             raise RwftError(f"--distill-weight {self.distill_weight} / --distill-temperature "
                             f"{self.distill_temperature}: expected a weight in [0, 1] and a positive temperature")
@@ -213,7 +219,7 @@ def make_trainer(config: TrainConfig, model, tokenizer, prepared: skeleton.Prepa
         model=model,
         args=config,
         train_dataset=prepared.data,
-        data_collator=collator or WeightedCollator(tokenizer.pad_token_id),
+        data_collator=collator or WeightedCollator(tokenizer.pad_token_id, config.span_weight),
         processing_class=tokenizer,
         tokens_per_conversation=prepared.stats.agent_tokens / prepared.stats.kept,
         callbacks=callbacks,
