@@ -17,6 +17,11 @@ trainer, save_pretrained). The state is saved after every sync (every ``--save-e
 ``never``): the trainer, its optimizer, the torch RNG and the step; the generator and the reference need
 no copy, since at a sync they equal the trainer (or are pi_0). Killed and rerun with the same command,
 the run continues from that step, with the logs cut back to it: nothing is lost or counted twice.
+
+Under ``accelerate launch`` / torchrun with several processes, each process plays its share of each
+environment's tasks (``train.online.share``, by process index), the episodes are gathered in the one-process
+order, and every process trains on its share of them (``train.online.Learner``: DDP, the whole batch's
+normalizers). Only the main process writes the run directory; each step line records ``processes``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from rwft.errors import RwftError
 from rwft.rollout.envs.base import Episode
 from rwft.rollout.hf_policy import HFPolicy
 from rwft.rollout.http_policy import mark_cut
-from rwft.train.online import LearnerConfig
+from rwft.train.online import LearnerConfig, share
 
 VERIFIABLE = {"mcqa": "reward", "twenty-questions": "correct"}
 """Environments whose episodes are right or wrong, and the field of a record that says how right (compared with
@@ -181,6 +186,36 @@ def check_rewards(records: list[dict[str, Any]], config: IterateConfig) -> None:
                             "reward (twenty-questions: --env-args reward=unit) or choose another objective")
 
 
+def play(env, generator, judge, config: IterateConfig, tasks: list, step: int, step_seed: int) -> list[dict[str, Any]]:
+    """``group_size`` episodes of each task, as records of ``step`` (their cut turns noted)."""
+    from rwft.rollout.collect import episode_records, run_episodes
+
+    if not tasks:
+        return []
+    order = [(t, j) for t in tasks for j in range(config.group_size)]
+    samples = [j for _, j in order]
+    temps = [config.temperature] * len(order)
+    episodes = run_episodes(env, generator, [t for t, _ in order], samples, temps, step_seed)
+    recs = episode_records(env, judge, config.policy, episodes, samples, temps, step_seed)
+    for r, ep in zip(recs, episodes, strict=True):
+        r["metadata"]["iterate_step"] = step + 1
+        if ep.state.get("cut_turns"):  # the learner does not train their end-of-turn token
+            r["metadata"]["cut_turns"] = ep.state["cut_turns"]
+    return recs
+
+
+def check_processes(config: IterateConfig, processes: int) -> None:
+    """Refuse what several processes cannot share."""
+    if processes == 1:
+        return
+    if config.generator_url:
+        raise RwftError(f"--generator-url with {processes} processes: a served generator is driven by one process "
+                        "(it already has every episode in flight); run without accelerate launch")
+    if config.prompts_per_step < processes:
+        raise RwftError(f"--prompts-per-step {config.prompts_per_step} for {processes} processes: give each process "
+                        "one task or more")
+
+
 def _save_state(out: Path, learner, step: int, generator_step: int) -> None:
     import torch
 
@@ -237,10 +272,10 @@ def stable_tag(out: Path) -> str:
 
 def run_iterate(config: IterateConfig) -> dict[str, Any]:
     """Run (or resume) the loop; returns a summary (steps done, the last step's line, paths)."""
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from rwft.presets import locate_model
-    from rwft.rollout.collect import episode_records, run_episodes
     from rwft.rollout.envs.base import make_env, stable_int
     from rwft.rollout.judges import make_judge
     from rwft.train import skeleton
@@ -262,17 +297,20 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
 
         torch.set_num_threads(config.threads)
     learner = Learner(config)
+    acc = learner.accelerator
+    procs, main = acc.num_processes, acc.is_main_process  # only the main process writes OUTPUT
+    check_processes(config, procs)
     local = Generator.from_model(learner.generator_model, learner.tok, name=config.policy,
                                  max_new_tokens=config.max_new_tokens)  # synced in place by the learner
     learner.on_sync.append(local.reset_cache)
     judge = make_judge("env")
-    say = (lambda *_: None) if config.quiet else print
+    say = print if main and not config.quiet else (lambda *_: None)
     steps_log, episodes_log = out / "steps.jsonl", out / "episodes.jsonl"
     start, generator_step = 0, 0
     if (out / "state.pt").exists():
         import torch
 
-        state = torch.load(out / "state.pt", weights_only=False)
+        state = torch.load(out / "state.pt", weights_only=False, map_location="cpu")
         start, generator_step = state["step"], state["generator_step"]
         learner.load_state(state, generator_synced=generator_step == start and start > 0,
                            reference_synced=config.sync_reference)
@@ -281,11 +319,12 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
     if served is not None and generator_step > 0:
         served.load(generator_step)  # the server may have restarted since: load the last synced adapter again
     generator = served.policy if served is not None else local
-    cut_jsonl(steps_log, lambda r: r["step"] <= start)
-    cut_jsonl(episodes_log, lambda r: r["metadata"]["iterate_step"] <= start)
+    if main:
+        cut_jsonl(steps_log, lambda r: r["step"] <= start)
+        cut_jsonl(episodes_log, lambda r: r["metadata"]["iterate_step"] <= start)
     counts = prompt_split(config.prompts_per_step, config.env_weights or [1.0] * len(envs))
     bar = tqdm(total=config.steps, initial=start, desc=f"rwft iterate {config.objective}", unit="step",
-               disable=config.quiet or not config.progress)
+               disable=config.quiet or not config.progress or not main)
     last: dict[str, Any] = {}
     for step in range(start, config.steps):
         t0 = time.perf_counter()
@@ -294,19 +333,11 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
             if n == 0:
                 continue
             step_seed = stable_int("iterate", config.seed, step, name) % 2**31
-            tasks = env.tasks(n, step_seed)
-            order = [(t, j) for t in tasks for j in range(config.group_size)]
-            samples = [j for _, j in order]
-            temps = [config.temperature] * len(order)
-            episodes = run_episodes(env, generator, [t for t, _ in order], samples, temps, step_seed)
-            recs = episode_records(env, judge, config.policy, episodes, samples, temps, step_seed)
-            for r, ep in zip(recs, episodes, strict=True):
-                r["metadata"]["iterate_step"] = step + 1
-                if ep.state.get("cut_turns"):  # the learner does not train their end-of-turn token
-                    r["metadata"]["cut_turns"] = ep.state["cut_turns"]
-            records += recs
+            tasks = env.tasks(n, step_seed)[share(n, acc.process_index, procs)]
+            recs = play(env, generator, judge, config, tasks, step, step_seed)
+            records += gather_object(recs) if procs > 1 else recs  # in process order: the one-process order
         check_rewards(records, config)
-        if step == start:  # the first batch passed: the run is worth a directory
+        if step == start and main:  # the first batch passed: the run is worth a directory
             skeleton.write_config(out, resolved)
         t1 = time.perf_counter()
         rng = random.Random(stable_int("pairs", config.seed, step))
@@ -324,26 +355,29 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
             if rs:
                 line[f"reward/{name}"] = sum(rs) / len(rs)
         line.update(metrics)
-        line.update(steps_since_sync=step - generator_step, episodes=len(records), generate_s=t1 - t0,
-                    train_s=t2 - t1, sync_s=t3 - t2)
+        line.update(steps_since_sync=step - generator_step, episodes=len(records), processes=procs,
+                    generate_s=t1 - t0, train_s=t2 - t1, sync_s=t3 - t2)
         if synced:
             generator_step = step + 1
-        with episodes_log.open("a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        with steps_log.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-        if synced or (interval is None and (step + 1) % config.save_every == 0) or step + 1 == config.steps:
-            _save_state(out, learner, step + 1, generator_step)
+        if main:
+            with episodes_log.open("a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            with steps_log.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+            if synced or (interval is None and (step + 1) % config.save_every == 0) or step + 1 == config.steps:
+                _save_state(out, learner, step + 1, generator_step)
         bar.set_postfix(reward=f"{line['reward']:.3f}", refresh=False)
         bar.update(1)
         last = line
     bar.close()
     from rwft.presets import quiet_hf
 
-    with quiet_hf():
-        learner.model.save_pretrained(out / "model")
-        learner.tok.save_pretrained(out / "model")
-    plot_steps(steps_log, out / "curves.png")
+    if main:
+        with quiet_hf():
+            learner.model.save_pretrained(out / "model")
+            learner.tok.save_pretrained(out / "model")
+        plot_steps(steps_log, out / "curves.png")
+    acc.wait_for_everyone()  # every process returns with the run directory complete
     say(f"rwft iterate: wrote {out}")
     return {"steps": config.steps, "last": last, "output": str(out)}
 

@@ -20,6 +20,13 @@ online trainers). The objective's entry in ``objectives.registry`` says which lo
   samples (scaled for ``length_normalization`` as ``rwft train`` does), divided by the agent tokens of the
   episodes whose weight is not 0.
 
+Several processes (``accelerate launch`` / torchrun): the Learner's ``accelerate.Accelerator`` places the three
+copies on its device (the CPU, gloo, where the machine has no accelerator) and wraps the trainer in DDP. Every
+process gets the whole step's batch and trains on its share of the groups (``shard``: a task's samples stay in
+one process); each normalizer (the batch's sequences, pairs or weighted tokens, and the length normalization's
+mean) is the whole batch's, and each process's loss is multiplied by the number of processes, so DDP's mean of
+the gradients is the one-process gradient. A sync loads the weights on every process.
+
 Each step also measures, on all the step's samples before the update: the generator's mean next-token
 entropy, the trainer's k3 KL to the reference, and the response length (agent tokens per episode). The k3
 estimate is KL(trainer || reference) only on the trainer's own samples (S = 1, or the step after a sync); on
@@ -94,14 +101,31 @@ class LearnerConfig:
             raise RwftError(f"--objective {self.objective!r}: {e}") from None
 
 
+def share(n: int, index: int, processes: int) -> slice:
+    """Process ``index``'s contiguous block of n items split over ``processes`` (sizes differ by at most 1)."""
+    return slice(n * index // processes, n * (index + 1) // processes)
+
+
+def make_accelerator():
+    """accelerate's Accelerator; on a machine without an accelerator, cpu=True (so torchrun's processes run as
+    CPU DDP over gloo), as ``train.skeleton.RunArguments`` does."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.accelerator.is_available())
+
+
 class Learner:
-    """Trainer, generator and reference; ``step`` trains on records, ``sync`` copies the trainer's weights."""
+    """Trainer, generator and reference; ``step`` trains on records, ``sync`` copies the trainer's weights.
+
+    ``model`` is the trainer itself (save it, read its weights); ``wrapped`` is what accelerate prepared from it
+    (DDP with several processes), the module the step runs forward."""
 
     def __init__(self, c: LearnerConfig):
         from rwft.presets import load_model, load_tokenizer
 
         self.entry = c.entry()
         self.c = c
+        self.accelerator = make_accelerator()
         torch.manual_seed(c.seed)
         self.tok = load_tokenizer(c.policy, c.trust_remote_code)
         if self.tok.pad_token_id is None:
@@ -118,7 +142,15 @@ class Learner:
             self.reference = add_lora(self.reference, c).eval().requires_grad_(False)
             self.sync(reference=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, eps=c.adam_epsilon, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=c.learning_rate, eps=c.adam_epsilon, weight_decay=0.0)
+        device = self.accelerator.device
+        self.generator_model.to(device)
+        self.reference.to(device)
+        self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+
+    @property
+    def processes(self) -> int:
+        return self.accelerator.num_processes
 
     # ------------------------------------------------------------------------------------------- sync
 
@@ -206,53 +238,95 @@ class Learner:
             return out
         loss.backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.c.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.c.max_grad_norm)  # DDP's averaged gradients
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        out.update(loss=float(loss.detach()), grad_norm=float(grad_norm))
+        out.update(loss=self.across(float(loss.detach()) / self.processes, 1.0, mean=False),
+                   grad_norm=float(grad_norm))
         return out
+
+    def shard(self, groups: list[str]) -> list[int]:
+        """The rows this process trains on: the groups, in order of first appearance, split into contiguous blocks
+        by process index (``share``); all rows with one process."""
+        if self.processes == 1:
+            return list(range(len(groups)))
+        order = list(dict.fromkeys(groups))
+        mine = set(order[share(len(order), self.accelerator.process_index, self.processes)])
+        rows = [i for i, g in enumerate(groups) if g in mine]
+        if not rows:
+            raise RwftError(f"{len(order)} tasks in the step for {self.processes} processes: give each process "
+                            "one or more (--prompts-per-step)")
+        return rows
+
+    def across(self, value: float, weight: float, mean: bool = True) -> float:
+        """This process's ``value`` combined with the other processes': the ``weight``-weighted mean (the sum
+        with ``mean`` false); ``value`` itself with one process."""
+        if self.processes == 1:
+            return value
+        x = torch.tensor([value * weight, weight], dtype=torch.float64, device=self.accelerator.device)
+        total, weights = self.accelerator.reduce(x, reduction="sum").tolist()
+        return total / max(weights, 1e-12) if mean else total
 
     def loss(self, records: list[dict[str, Any]], rng: random.Random,
              verdicts: list[float | None]) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """The objective's loss on the records (None: nothing to learn from) and the step's measurements."""
+        """The objective's loss on this process's share of the records (None: nothing to learn from in the whole
+        batch) and the step's measurements over all of them.
+
+        ``records`` are the whole step's batch, the same on every process; the advantages, pairs and weights, and
+        every normalizer, are the whole batch's. The loss is this process's part of the batch's loss times the
+        number of processes, so that DDP's mean of the gradients is the batch's gradient."""
         from rwft.objectives import online
 
         rewards = [float(r["reward"]) for r in records]
         groups = [f"{r['metadata']['env']}|{r['context_id']}" for r in records]
-        batch = self.collate(records)
-        ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        temp = self.c.temperature
+        full = self.collate(records)
+        rows = self.shard(groups)
+        width = int(full["attention_mask"][rows].sum(1).max())  # right padded: drop the columns the share pads
+        ids, attn, labels = (full[k][rows, :width].to(self.accelerator.device)
+                             for k in ("input_ids", "attention_mask", "labels"))
+        temp, procs = self.c.temperature, self.processes
         with torch.no_grad():
             gen_logits = self.generator_model(input_ids=ids, attention_mask=attn).logits
             entropy = online.masked_entropy(gen_logits[:, :-1] / temp, labels[:, 1:] != -100)
             old_logps = self.token_logps(gen_logits, labels)[0] if self.entry.name == "grpo" else None
             del gen_logits
             ref_logps, _ = self.token_logps(self.reference(input_ids=ids, attention_mask=attn).logits, labels)
-        logits = self.model(input_ids=ids, attention_mask=attn).logits
+        logits = self.wrapped(input_ids=ids, attention_mask=attn).logits
         logps, mask = self.token_logps(logits, labels)
         kl = (online.per_token_kl(logps.detach(), ref_logps) * mask).sum() / mask.sum().clamp(min=1)
-        out = {"entropy": float(entropy), "kl": float(kl), "response_tokens": float(mask.sum()) / len(records)}
+        tokens = float(mask.sum())
+        out = {"entropy": self.across(float(entropy), tokens), "kl": self.across(float(kl), tokens),
+               "response_tokens": self.across(tokens / len(rows), len(rows))}
         loss = None
         if self.entry.weights is not None:
             w = self.entry.weights(rewards, groups)
-            weights = self.token_weights(batch, w)
-            lab = labels.masked_fill(weights == 0, -100)
+            weights = self.token_weights(full, w)
+            lab = full["labels"].masked_fill(weights == 0, -100)
             out["weighted_episodes"] = int((w != 0).sum())
-            if (lab != -100).any():  # normalized by the agent tokens of the weighted episodes
+            if (lab != -100).any():  # normalized by the agent tokens of the batch's weighted episodes
                 from rwft.objectives.losses import weighted_nll
 
-                loss = weighted_nll(logits / temp, lab, weights)
+                n = (lab[:, 1:] != -100).sum()
+                lab, weights = (x[rows, :width].to(self.accelerator.device) for x in (lab, weights))
+                loss = weighted_nll(logits / temp, lab, weights, n) * procs
         elif self.entry.name == "dpo":
             pairs, skipped = self.pairs(rewards, groups, verdicts, rng)
             out.update(pairs=len(pairs), skipped_groups=skipped)
-            if pairs:
+            at = {i: k for k, i in enumerate(rows)}
+            mine = [(at[c], at[r]) for c, r in pairs if c in at]  # a pair's two responses share a group
+            if mine:
                 seq, ref_seq = logps.sum(-1), ref_logps.sum(-1)
-                c, r = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-                loss = online.dpo_loss(seq[c], seq[r], ref_seq[c], ref_seq[r], self.c.beta)
+                c, r = torch.tensor([p[0] for p in mine]), torch.tensor([p[1] for p in mine])
+                part = online.dpo_loss(seq[c], seq[r], ref_seq[c], ref_seq[r], self.c.beta)
+                loss = part * (len(mine) / len(pairs)) * procs
+            elif pairs:  # other processes' pairs: this one still joins DDP's gradient reduction, with 0
+                loss = logps.sum() * 0.0
         elif self.entry.name == "grpo":
             adv = torch.tensor(online.grpo_advantages(rewards, groups, self.c.scale_advantages))
             out["nonzero_advantage"] = float((adv.abs() > 1e-9).float().mean())
-            loss = online.grpo_loss(logps, old_logps, ref_logps, adv, mask, self.c.kl_coef, self.c.epsilon)
+            part = online.grpo_loss(logps, old_logps, ref_logps, adv[rows].to(logps.device), mask, self.c.kl_coef,
+                                    self.c.epsilon)
+            loss = part * (len(rows) / len(records)) * procs
         else:
             raise RwftError(f"--objective {self.entry.name}: no online loss for it")
         return loss, out
