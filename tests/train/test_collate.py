@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import sample_records, write_jsonl
@@ -52,6 +53,33 @@ def test_each_agent_token_carries_its_turns_weight():
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, -100, 10], [-100, 2, 3, -100, -100, -100]]
     assert batch["input_ids"].dtype == batch["labels"].dtype == torch.long
     assert batch["token_weights"].dtype == torch.float32
+
+
+def test_span_penalties_lower_their_tokens_weight_in_trained_turns_only():
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "turn_index": [-1, 0, 0, -1, 1, 1], "turn_weights": [0.5, 0.0],
+             "token_penalty": [0.0, 10.0, 0.0, 0.0, 5.0, 1.0]},  # turn 1 weighs 0: its spans change nothing
+            {"input_ids": [1, 2, 3], "turn_index": [-1, 0, 0], "turn_weights": [-1.5], "token_penalty": []}]
+    batch = WeightedCollator(pad_token_id=99, span_weight=0.1)(rows)
+    want = torch.tensor([[0, -0.5, 0.5, 0, 0, 0], [0, -1.5, -1.5, 0, 0, 0]])
+    torch.testing.assert_close(batch["token_weights"], want)
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, -100, -100], [-100, 2, 3, -100, -100, -100]]
+    ignored = WeightedCollator(pad_token_id=99, span_weight=0.0)(rows)  # --span-weight 0: the plain weights
+    assert ignored["token_weights"].tolist() == [[0, 0.5, 0.5, 0, 0, 0], [0, -1.5, -1.5, 0, 0, 0]]
+
+
+def test_span_penalties_reach_the_batches_from_the_logs(tmp_path, monkeypatch):
+    tok = load_tokenizer("tiny")
+    monkeypatch.setenv("RWFT_CACHE", str(tmp_path / "cache"))
+    records = sample_records(6)
+    for r in records:
+        r["reward"] = 0.5
+        agent = next(m for m in r["messages"] if m["role"] == "assistant")
+        agent["spans"] = [{"start": 0, "end": min(4, len(agent["content"])), "severity": "critical"}]
+    ds, _ = prepare_training_data(write_jsonl(tmp_path / "d.jsonl", records), tok, objective="refit")
+    batch = WeightedCollator(tok.pad_token_id, span_weight=0.1)(ds.__getitems__(list(range(6))))
+    w = batch["token_weights"][batch["labels"] != -100]
+    assert sorted(w.unique().tolist()) == pytest.approx([-0.5, 0.5])  # 0.5 - 0.1 * 10 on the spans' tokens
+    assert int((w < 0).sum()) >= 6  # at least one token per conversation
 
 
 def test_zero_weight_conversations_are_dropped(tmp_path, monkeypatch):

@@ -81,6 +81,20 @@ def test_gradient_same_for_batch_8x1_and_1x8(tmp_path, eight, objective, normali
         assert _differ(g81, _grads(tmp_path, eight, 8, 1, objective, normalization="sum"))
 
 
+@pytest.mark.parametrize("objective,normalization", [("swift", "trajectory"), ("refit", "sum")])
+def test_gradient_with_error_spans_same_for_batch_8x1_and_1x8(tmp_path, eight, objective, normalization):
+    records = [json.loads(line) for line in eight.read_text().splitlines()]
+    for i, r in enumerate(records):  # spans of every severity, cutting words, on the first agent message
+        agent = next(m for m in r["messages"] if m["role"] == "assistant")
+        n = len(agent["content"])
+        agent["spans"] = [{"start": 1, "end": max(2, n // 3), "severity": ("minor", "major", "critical")[i % 3]}]
+    spans = write_jsonl(tmp_path / "spans.jsonl", records)
+    g81 = _grads(tmp_path, spans, 8, 1, objective, normalization=normalization)
+    _assert_same(g81, _grads(tmp_path, spans, 1, 8, objective, normalization=normalization))
+    (tmp_path / "plain").mkdir()
+    assert _differ(g81, _grads(tmp_path / "plain", eight, 8, 1, objective, normalization=normalization))  # spans count
+
+
 @pytest.mark.parametrize("normalization", ["sum", "trajectory"])
 def test_gradient_same_for_two_processes_x4(tmp_path, eight, normalization):
     g81 = _grads(tmp_path, eight, 8, 1, "swift", normalization=normalization)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rwft.data.conversation import Conversation
+from rwft.data.conversation import SEVERITIES, Conversation
 from rwft.data.dataset import EncodeStats, encode_dataset, read_dataset
 from rwft.data.weighting import (
     LengthNormalization,
@@ -137,6 +137,16 @@ def length_warning(correlations: dict[str, dict[str, float]], objective: str, mo
             "it when the summed weights are negative on net)")
 
 
+def error_span_counts(cols) -> tuple[dict[str, int], int]:
+    """The error spans of each severity and the conversations with any (``error_spans`` column), and the
+    tokens that carry a penalty (``token_penalty``), from ``encode_dataset``'s columns."""
+    per_row = np.asarray(cols.column("error_spans").to_pylist(), dtype=np.int64).reshape(-1, len(SEVERITIES))
+    counts = {s: int(per_row[:, i].sum()) for i, s in enumerate(SEVERITIES)}
+    counts["conversations"] = int((per_row.sum(axis=1) > 0).sum())
+    _, penalty = list_column(cols.column("token_penalty"))
+    return counts, int((penalty > 0).sum())
+
+
 def histogram(values, bins: int = 10, width: int = 40) -> list[str]:
     """A text histogram, one line per bin."""
     v = np.asarray(values, dtype=np.float64)
@@ -161,7 +171,7 @@ def run_validate(config: ValidateConfig) -> dict[str, Any]:
     tok = load_tokenizer(config.model, config.trust_remote_code)
     enc = encode_dataset(ds, tok, config.max_length, config.agent_role, config.num_proc)
     cols = enc.with_format("arrow").select_columns(["length", "agent_tokens", "truncated", "too_long",
-                                                    "turn_tokens"])[:]
+                                                    "turn_tokens", "error_spans", "token_penalty"])[:]
     too_long = cols.column("too_long").to_numpy(zero_copy_only=False)
     fits = ~too_long
     stats = EncodeStats(
@@ -174,6 +184,7 @@ def run_validate(config: ValidateConfig) -> dict[str, Any]:
     summary["too_long_dropped"] = stats.too_long
     summary["tokens"] = stats.tokens
     summary["agent_tokens"] = stats.agent_tokens
+    summary["error_spans"], summary["span_tokens"] = error_span_counts(cols)
     table = ds.with_format("arrow")[:]
     rewards = table.column("reward").to_numpy(zero_copy_only=False).astype(np.float64)
     turns = pc.list_value_length(table.column("turn_mask")).to_numpy(zero_copy_only=False)
@@ -203,6 +214,8 @@ def run_validate(config: ValidateConfig) -> dict[str, Any]:
         f"  truncated at {config.max_length} tokens {stats.truncated} (oldest exchanges dropped), "
         f"{stats.too_long} too long even so (dropped)",
         f"  tokens                   {stats.tokens} ({stats.agent_tokens} agent) with {config.model}'s template",
+        "  error spans              " + ", ".join(f"{summary['error_spans'][s]} {s}" for s in SEVERITIES)
+        + f" in {summary['error_spans']['conversations']} conversations ({summary['span_tokens']} tokens)",
         f"  reward                   mean {r['mean']:.4g}, std {r['std']:.4g}, min {r['min']:.4g}, "
         f"q1 {r['q1']:.4g}, median {r['median']:.4g}, q3 {r['q3']:.4g}, max {r['max']:.4g}, "
         f"negative {r['negative']}",
