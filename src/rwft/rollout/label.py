@@ -17,6 +17,12 @@ there, ``exact`` the prefix's last answer, ``env`` asks the environment named in
 its conversation ``reward`` (their sum) and ``metadata.per_turn`` says how they were made, with the
 prefix scores. A prefix the judge cannot score makes the record's reward null (``--only-missing``
 retries it).
+
+``--spans``: ``--judge`` names a span judge (``rollout.span_judges``: ``tod`` or ``rubric``) and each agent
+message gets the ``spans`` it returns (replacing any it had); rewards are kept as they are;
+``metadata.span_judge`` names the judge, ``metadata.span_failure`` holds why a rubric reply could not be
+parsed (the record's messages then carry no spans; the summary counts these failures, and
+``--only-missing`` re-judges only the records without ``span_judge`` or with a failure).
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ class LabelConfig(OutputOptions, JudgeOptions):
     """tokens of the judge's reply"""
     seed: int = 0
     """seed of the judge's sampling on retries"""
+    spans: bool = False
+    """write error spans {start, end, severity} on the agent messages instead of rewards; --judge is then a span
+    judge: tod (rules over an --env tod episode's goal and database) or rubric (--judge-model asked for JSON)"""
     per_turn: bool = False
     """also write turn-level rewards by redistribution: the judge scores the conversation cut after each agent
     turn, R(<=t), and agent turn t gets reward R(<=t) - R(<=t-1) (R(<=0) = 0), so they sum to the reward"""
@@ -77,20 +86,28 @@ def run_label(config: LabelConfig) -> dict[str, Any]:
 
     if config.batch_size < 1:
         raise RwftError(f"--batch-size {config.batch_size}: expected a positive integer")
-    config.check_judge()
+    if config.spans:
+        from rwft.rollout.span_judges import check_span_judge
+
+        if config.per_turn:
+            raise RwftError("--spans and --per-turn: choose one (spans keep the rewards as they are)")
+        check_span_judge(config.judge, config.judge_model)
+    else:
+        config.check_judge()
     src = Path(config.data)
     if src.resolve() == Path(config.out).resolve():
         raise RwftError(f"--out {config.out}: must differ from --data")
     convs = load_conversations(src, config.agent_role, require_reward=False)
     args = dict(fingerprint(config), data_sha256=file_digest(src))
-    if not config.per_turn:
-        del args["per_turn"]  # files labelled before the option existed resume as they were
+    for option in ("per_turn", "spans"):
+        if not args[option]:
+            del args[option]  # files labelled before the option existed resume as they were
     out = Path(config.out)
     done = check_output(out, args, config.overwrite, "label")
     summary: dict[str, Any] = {"out": str(out), "conversations": len(convs), "resumed_from": done, "failures": 0}
     if done >= len(convs):
         return summary
-    judge = config.build_judge(config.seed, config.max_new_tokens)
+    judge = _span_judge(config) if config.spans else config.build_judge(config.seed, config.max_new_tokens)
     envs: dict[str, Any] = {}
     if config.per_turn and judge.uses_env:  # refuse logs the environment cannot score before writing
         for c in convs[done:]:
@@ -104,6 +121,13 @@ def run_label(config: LabelConfig) -> dict[str, Any]:
     with JsonlAppender(out) as writer:
         for start in range((done // bs) * bs, len(convs), bs):
             batch = convs[start : start + bs]
+            if config.spans:
+                records = label_spans(judge, batch, config)
+                summary["failures"] += sum(r["metadata"].get("span_failure") is not None for r in records)
+                skip = max(0, done - start)
+                writer.write(records[skip:])
+                bar.update(len(records) - skip)
+                continue
             todo = [c for c in batch if not (config.only_missing and c.reward is not None)]
             if config.per_turn:
                 per_turn = judge_per_turn(judge, todo, config, envs)
@@ -130,6 +154,40 @@ def run_label(config: LabelConfig) -> dict[str, Any]:
             bar.update(len(records) - skip)
     bar.close()
     return summary
+
+
+def _span_judge(config: LabelConfig):
+    from rwft.rollout.span_judges import make_span_judge
+
+    return make_span_judge(config.judge, config.judge_model, config.api_model, config.api_key_env,
+                           config.judge_retries, config.seed, config.max_new_tokens, config.agent_role)
+
+
+def label_spans(judge, batch: list[Conversation], config: LabelConfig) -> list[dict[str, Any]]:
+    """The batch's records with the span judge's ``spans`` on their agent messages (see the module docstring)."""
+    from rwft.rollout.span_judges import SpanResult
+
+    def done(c: Conversation) -> bool:
+        return config.only_missing and "span_judge" in c.metadata and c.metadata.get("span_failure") is None
+
+    todo = [c for c in batch if not done(c)]
+    items = [JudgeItem(c.messages, c.metadata, f"{config.data} record {c.id}") for c in todo]
+    results: dict[int, SpanResult] = dict(zip((id(c) for c in todo), judge.judge(items) if todo else [],
+                                              strict=True))
+    records = []
+    for c in batch:
+        rec = c.to_record()
+        res = results.get(id(c))
+        if res is not None:
+            messages = [{k: v for k, v in m.items() if k != "spans"} for m in c.messages]
+            agents = [m for m in messages if m["role"] == config.agent_role]
+            for m, spans in zip(agents, res.spans or [[]] * len(agents), strict=True):
+                if spans:
+                    m["spans"] = spans
+            rec["messages"] = messages
+            rec["metadata"] = dict(c.metadata, span_judge=judge.spec, span_failure=res.failure)
+        records.append(rec)
+    return records
 
 
 def _env_prefix_score(conv: Conversation, prefix: list[dict[str, Any]], key: str, envs: dict[str, Any]) -> float:
