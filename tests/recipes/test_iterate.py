@@ -1,5 +1,6 @@
 """rwft iterate end to end on the tiny preset: errors before writing, the step log, resume after SIGKILL."""
 
+import dataclasses
 import json
 import os
 import random
@@ -154,7 +155,7 @@ def test_steps_log_syncs_and_mixed_envs(tmp_path):
         for k in ("reward/chars", "reward/mcqa", "entropy", "kl", "response_tokens", "generate_s", "train_s",
                   "sync_s", "loss"):
             assert k in r
-        assert r["episodes"] == 4 and r["entropy"] > 0
+        assert r["episodes"] == 4 and r["entropy"] > 0 and r["processes"] == 1
     assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 0  # the trainer leaves the fixed reference
     eps = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
     assert len(eps) == 16 and {e["metadata"]["env"] for e in eps} == {"chars", "mcqa"}
@@ -200,6 +201,73 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
         [{k: v for k, v in r.items() if k not in drop} for r in lb]
     ea, eb = ((d / "episodes.jsonl").read_text() for d in (whole, cut))
     assert ea == eb
+
+
+TESTS = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    """tests/iterate_probe.py under torchrun with two gloo processes on the CPU (its gradients, syncs and run)."""
+    import socket
+
+    out = tmp_path_factory.mktemp("two")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(str(TESTS / d) for d in ("", "train", "recipes"))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(TESTS / "iterate_probe.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_two_processes_give_the_one_process_gradient(two_processes, tmp_path):
+    """One learner step's gradient on 3 tasks x 3 samples, split 1 / 2 tasks over two processes (DDP over gloo),
+    equals the one-process gradient for GRPO, Swift (trajectory length normalization: the batch's mean length) and
+    DPO; after the step and a sync both processes' generators hold the same weights (not compared with one process's
+    step: Adam's first step, lr g / (|g| + eps), flips the entries whose gradient is rounding noise around 0)."""
+    sys.path[:0] = [str(TESTS), str(TESTS / "train")]
+    from iterate_probe import OBJECTIVES, gradients
+
+    from rwft.presets import load_model
+
+    pi0 = sum(float(v.double().abs().sum()) for v in load_model("tiny").state_dict().values())
+    for name in OBJECTIVES:
+        one = gradients(tmp_path, name)
+        two = torch.load(two_processes / f"grads-{name}.pt")
+        assert one.keys() == two.keys() and len(one) > 0
+        assert max(float(g.abs().max()) for g in one.values()) > 1e-2  # far above the tolerance
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=f"{name}: {key}")
+        sums = [torch.load(two_processes / f"synced-{name}-{rank}.pt") for rank in (0, 1)]
+        assert sums[0] == sums[1] and abs(sums[0] - pi0) > 1.0  # the same step taken on both, and synced
+
+
+def test_two_processes_share_a_run_and_only_the_main_process_writes(two_processes):
+    """rwft iterate (GRPO, 3 tasks x 2 samples, 2 steps) under two processes: one step line per step recording the
+    processes, the episodes once each in the one-process order, and nothing but the run's own files."""
+    from rwft.recipes.iterate import IterateConfig, check_processes
+    from rwft.rollout.envs.base import stable_int
+
+    run = two_processes / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["curves.png", "episodes.jsonl", "model", "rwft_config.yaml",
+                                                     "state.pt", "steps.jsonl"]
+    rows = [json.loads(x) for x in (run / "steps.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["processes"], r["episodes"]) for r in rows] == [(1, 2, 6), (2, 2, 6)]
+    eps = [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
+    expected = [(step + 1, t.context_id, j) for step in range(2)
+                for t in CharsEnv().tasks(3, stable_int("iterate", 0, step, "chars") % 2**31) for j in range(2)]
+    assert [(e["metadata"]["iterate_step"], e["context_id"], e["id"].rsplit("/", 1)[1]) for e in eps] == \
+        [(s, c, str(j)) for s, c, j in expected]
+    assert torch.load(run / "state.pt", weights_only=False)["step"] == 2
+    config = IterateConfig(output="x", policy="tiny", prompts_per_step=1)
+    with pytest.raises(RwftError, match="--prompts-per-step 1 for 2 processes"):
+        check_processes(config, 2)
+    with pytest.raises(RwftError, match="--generator-url with 2 processes"):
+        check_processes(dataclasses.replace(config, prompts_per_step=2, generator_url="http://h/v1"), 2)
 
 
 def test_served_generator_gets_each_synced_adapter(tmp_path):
