@@ -8,18 +8,21 @@ from conftest import scripted_mean_reward
 from rwft.data.chat_template import tool_calls_text
 from rwft.errors import RwftError
 from rwft.rollout.envs import make_env
-from rwft.rollout.envs.tod import ask, memory
+from rwft.rollout.envs.tod import ask
 from rwft.rollout.envs.tod_domain import (
     ACCEPT,
     ANY,
     BYE,
     CONSTRAINTS,
+    DEFAULT_PEOPLE,
     ONE_PLACE,
+    PLACE,
     SLOTS,
     TOOLS,
     UNKNOWN,
     meets,
     parse_tool_calls,
+    resolve,
     run_tool,
     stated_slots,
 )
@@ -73,6 +76,7 @@ def test_tool_results():
     assert run_tool(db, "search", {"area": "mars"}) == ([], True)  # outside the vocabulary: valid, no match
     assert run_tool(db, "lookup", {"name": place["name"]}) == (place, True)
     assert run_tool(db, "lookup", {"name": "nowhere"})[0].keys() == {"error"}
+    assert run_tool(db, "lookup", {}) == ({"error": "no place given and no search yet"}, True)
     assert run_tool(db, "book", {"name": place["name"], "people": 9}) == ({"error": "people must be 1 to 8"}, True)
     assert run_tool(db, "book", {"name": place["name"], "people": 3}) == (
         {"booked": place["name"], "people": 3}, True)
@@ -80,10 +84,20 @@ def test_tool_results():
     assert run_tool(db, "book", {"name": place["name"], "people": 3}) == ({"error": "already booked"}, True)
 
 
+def test_arguments_left_out_take_the_dialogue_state():
+    said = {"area": "north", "food": ANY, "people": 5}
+    assert resolve("search", {}, said, None) == {"area": "north", "food": ANY}
+    assert resolve("search", {"area": "west", "price": "cheap"}, said, "sun") == {
+        "area": "west", "price": "cheap", "food": ANY}
+    assert resolve("lookup", {}, said, "sun") == {"name": "sun"}
+    assert resolve("lookup", {}, said, None) == {}
+    assert resolve("book", {}, said, "sun") == {"name": "sun", "people": 5}
+    assert resolve("book", {"name": "sky"}, {}, "sun") == {"name": "sky", "people": DEFAULT_PEOPLE}
+
+
 @pytest.mark.parametrize("name,args", [
-    ("fly", {}), ("search", {"name": "star"}), ("lookup", {}), ("book", {"name": "star"}),
-    ("book", {"name": "star", "people": "2"}), ("book", {"name": "star", "people": True}),
-    ("search", {"area": 3}),
+    ("fly", {}), ("search", {"name": "star"}), ("search", {"people": 2}), ("lookup", {"area": ANY}),
+    ("book", {"name": "star", "people": "2"}), ("book", {"name": "star", "people": True}), ("search", {"area": 3}),
 ])
 def test_invalid_calls_get_an_error_and_change_nothing(name, args):
     env, ep = fresh()
@@ -150,6 +164,18 @@ def test_user_rejects_wrong_offers_accepts_right_ones_and_leaves_after_a_booking
     assert out["inform"] and out["success"] and out["reward"] == 1.0
 
 
+def test_name_placeholder_offers_the_first_place_of_the_last_search():
+    env, ep = fresh(args=["any_rate=0"])
+    env.step(ep, f"How about {PLACE}?")
+    assert ep.messages[-1]["content"] == UNKNOWN  # no search yet: it names nothing
+    env.step(ep, call("search", area=ANY, food=ANY, price=ANY))
+    first = json.loads(ep.messages[-1]["content"])[0]
+    first_place = next(p for p in ep.task.data["db"]["places"] if p["name"] == first)
+    env.step(ep, f"How about {PLACE}?")
+    assert ep.state["offered"] == [first]
+    assert (ep.messages[-1]["content"] == ACCEPT) == meets(first_place, ep.task.data["goal"])
+
+
 def test_dont_care_slots_are_said_and_met_by_any_value():
     for k in range(40):
         env, ep = fresh(k, args=["any_rate=0.5"])
@@ -166,16 +192,15 @@ def test_dont_care_slots_are_said_and_met_by_any_value():
 # ---------------------------------------------------------------- reward on hand-built episodes
 
 
-def book_episode(people_delta=0, wrong_place=False, reward="success"):
-    """ask everything, search, offer, book (optionally a wrong place or party size), confirm."""
+def book_episode(people=None, place=None, reward="success"):
+    """Ask everything, search, offer, book (the state's values, or the party size / place given), confirm."""
     env, ep = fresh(args=["any_rate=0", f"reward={reward}"])
-    goal = ep.task.data["goal"]
-    good, bad = matching(ep)
-    place = bad if wrong_place else good
     env.step(ep, ask(list(SLOTS)))
-    env.step(ep, call("search", **{s: goal[s] for s in CONSTRAINTS}))
-    env.step(ep, f"How about {good['name']}?")
-    env.step(ep, call("book", name=place["name"], people=goal["people"] + people_delta))
+    env.step(ep, call("search"))
+    env.step(ep, f"How about {PLACE}?")
+    assert ep.messages[-1]["content"] == ACCEPT
+    args = {**({} if people is None else {"people": people}), **({} if place is None else {"name": place})}
+    env.step(ep, call("book", **args))
     env.step(ep, "Your table is booked.")
     assert ep.done
     return env, ep, env.outcome(ep)
@@ -185,31 +210,45 @@ def test_right_episode_succeeds():
     env, ep, out = book_episode()
     assert out == dict(out, reward=1.0, success=True, inform=True, slot_credit=1.0, booked=True, turns=5,
                        tool_calls=2, invalid_calls=0)
-    assert out["db"]["bookings"] == [{"name": matching(ep)[0]["name"], "people": out["goal"]["people"]}]
-    assert out["goal"] == ep.task.data["goal"]
+    goal = ep.task.data["goal"]
+    [booked] = out["db"]["bookings"]
+    place = next(p for p in out["db"]["places"] if p["name"] == booked["name"])
+    assert booked["people"] == goal["people"] and meets(place, goal) and out["goal"] == goal
+    assert ep.messages[-4]["tool_calls"][0]["function"] == {"name": "book", "arguments": "{}"}
 
 
 @pytest.mark.parametrize("reward", ["success", "slots"])
 def test_one_slot_wrong_fails_with_three_quarters_credit(reward):
-    _, _, out = book_episode(people_delta=1, reward=reward)
+    _, ep, out = book_episode(people=fresh()[1].task.data["goal"]["people"] % 6 + 1, reward=reward)
     assert not out["success"] and out["slot_credit"] == 0.75 and out["booked"]
     assert out["reward"] == (0.0 if reward == "success" else 0.75)
 
 
 def test_wrong_place_loses_the_slots_it_gets_wrong():
-    env, ep, out = book_episode(wrong_place=True, reward="slots")
-    goal, bad = ep.task.data["goal"], matching(ep)[1]
+    env, ep = fresh(args=["any_rate=0"])
+    bad = matching(ep)[1]
+    env, ep, out = book_episode(place=bad["name"], reward="slots")
+    goal = ep.task.data["goal"]
     wrong = sum(bad[s] != goal[s] for s in CONSTRAINTS)
-    assert not out["success"] and out["reward"] == pytest.approx((4 - wrong) / 4)
+    assert wrong and not out["success"] and out["reward"] == pytest.approx((4 - wrong) / 4)
+
+
+def test_booking_before_the_party_size_is_said_takes_the_default():
+    env, ep = fresh(args=["told_rate=0", "any_rate=0"])
+    env.step(ep, ask(["area", "food", "price"]))
+    env.step(ep, call("search"))
+    env.step(ep, call("book"))
+    out = env.outcome(ep)
+    assert out["db"]["bookings"][0]["people"] == DEFAULT_PEOPLE and not out["inform"]
+    assert out["success"] == (ep.task.data["goal"]["people"] == DEFAULT_PEOPLE)
 
 
 @pytest.mark.parametrize("reward", ["success", "slots"])
 def test_missing_action_pays_nothing(reward):
     env, ep = fresh(args=[f"reward={reward}", "max_turns=4"])
-    good, _ = matching(ep)
     env.step(ep, ask(list(SLOTS)))
     env.step(ep, call("search"))
-    env.step(ep, f"How about {good['name']}?")
+    env.step(ep, f"How about {PLACE}?")
     env.step(ep, "Enjoy your meal.")
     out = env.outcome(ep)
     assert ep.done and out["inform"] and not out["booked"]
@@ -227,7 +266,6 @@ def test_malformed_call_ends_the_episode_as_one_invalid_call():
 
 def test_invalid_call_gets_an_error_result_and_the_episode_goes_on():
     env, ep = fresh(args=["any_rate=0"])
-    goal = ep.task.data["goal"]
     env.step(ep, ask(list(SLOTS)))
     env.step(ep, "Checking.\n" + call("reserve", name="sun"))
     assert not ep.done and json.loads(ep.messages[-1]["content"]) == {"error": "unknown tool 'reserve'"}
@@ -235,11 +273,11 @@ def test_invalid_call_gets_an_error_result_and_the_episode_goes_on():
     assert assistant["content"] == "Checking." and assistant["tool_calls"] == [
         {"type": "function", "id": "call_0", "function": {"name": "reserve", "arguments": '{"name": "sun"}'}}]
     assert ep.messages[-1]["tool_call_id"] == "call_0"
-    good, _ = matching(ep)
-    env.step(ep, call("book", name=good["name"], people=goal["people"]))
+    env.step(ep, call("search") + "\n" + call("book"))  # two calls in one turn
+    assert [m["tool_call_id"] for m in ep.messages[-2:]] == ["call_1", "call_2"]
     env.step(ep, "Booked.")
     out = env.outcome(ep)
-    assert out["success"] and out["invalid_calls"] == 1 and out["tool_calls"] == 2 and not out["inform"]
+    assert out["success"] and out["invalid_calls"] == 1 and out["tool_calls"] == 3 and not out["inform"]
 
 
 @pytest.mark.parametrize("text", ["", "x" * 10000, "¿Mesa para dos?", None])
@@ -279,12 +317,11 @@ def test_scripted_skill_orders_the_reward():
 
 def test_scripted_agent_acts_on_what_it_was_told():
     env, ep = fresh(args=["told_rate=0"])
-    mem = memory(ep)
-    assert mem["known"] == {} and mem["results"] is None
     action = env.scripted_action(ep, random.Random(0), 1.0)
     assert action == ask(list(SLOTS))
     env.step(ep, action)
-    assert memory(ep)["known"] == ep.task.data["goal"]
+    assert ep.state["said"] == ep.task.data["goal"]
+    assert env.scripted_action(ep, random.Random(0), 1.0) == call("search")
 
 
 # ---------------------------------------------------------------- logs: rwft's data layer and the tiny preset

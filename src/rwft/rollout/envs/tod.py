@@ -1,11 +1,13 @@
 """``tod``: task-oriented dialogue with tools, a database and a goal-driven scripted user.
 
 ``source=procedural`` (the only source so far): a small generated restaurant domain
-(``tod_domain``: each task's database, goal, tools and the scripted user's rules). The user opens with
-a need ("Book a table. I want fish food."); the agent asks for the slots it lacks, calls tools, offers a
-place, books it and confirms; the user answers from its goal, rejects wrong offers and accepts right ones,
-and says goodbye once a booking exists (the episode ends). The episode also ends after ``max_turns``
-agent turns (a turn of tool calls counts) or at a malformed tool call.
+(``tod_domain``: each task's database, goal, tools, the dialogue state and the scripted user's rules).
+The user opens with a need ("Book a table. I want fish food."); the agent asks for the slots it lacks,
+calls tools, offers a place, books it and confirms; the user answers from its goal, rejects wrong offers
+and accepts right ones, and says goodbye once a booking exists (the episode ends). The episode also ends
+after ``max_turns`` agent turns (a turn of tool calls counts) or at a malformed tool call. Arguments the
+agent leaves out, and ``[name]`` in its text, are filled from the dialogue state (``tod_domain``), so the
+tiny preset, which does not learn to copy words in minutes of CPU, can learn the task as a choice of acts.
 
 **Tool calls.** The agent's text calls tools in the Hermes/Qwen form that rwft's data layer renders for
 templates without tool support, one block per call::
@@ -15,12 +17,12 @@ templates without tool support, one block per call::
     </tool_call>
 
 A turn with calls is stored in OpenAI's format: the assistant message's ``content`` is its text before
-the first block, ``tool_calls`` holds the calls (``arguments`` as a JSON string, ids ``call_N``), and each
-call's result follows as a ``tool`` message (``tool_call_id``, ``name``, the JSON result); the agent then
-acts again, with no user turn between. A turn without calls is a message to the user, who replies. The
-episode's ``tools`` (the JSON schemas) are written as the record's ``tools``. Tools run against the
-episode's own copy of the task's database (the task's never changes); the final copy is written in
-``metadata.db`` and the goal in ``metadata.goal``.
+the first block, ``tool_calls`` holds the calls as written (``arguments`` as a JSON string, ids
+``call_N``), and each call's result follows as a ``tool`` message (``tool_call_id``, ``name``, the JSON
+result); the agent then acts again, with no user turn between. A turn without calls is a message to the
+user, who replies. The episode's ``tools`` (the JSON schemas) are written as the record's ``tools``.
+Tools run against the episode's own copy of the task's database (the task's never changes); the final
+copy is written in ``metadata.db`` and the goal in ``metadata.goal``.
 
 **Invalid calls.** A malformed block (not closed, not a JSON object with a string ``name`` and object
 ``arguments``) is kept as the message's plain text, counts one invalid call and ends the episode: there
@@ -35,12 +37,12 @@ fraction of the four slots right (0 without a booking). Metrics (``metadata``, r
 ``success``, ``inform`` (the agent offered the user a place meeting the goal's constraints), ``slot_credit``,
 ``booked``, ``turns``, ``tool_calls`` (well-formed calls), ``invalid_calls``.
 
-**Scripted agent.** It acts on what the conversation told it (slots the user stated, search results, the
-user's answers to offers), never on the hidden goal. A good move (probability ``skill``) asks for every
-missing slot at once, searches with every constraint known, offers the first result left, books the
-accepted place for the stated party size and confirms; poor moves ask for one slot or something vague,
-search early, offer a stale result, book without offering or with a guessed party size, or write an
-invalid or malformed call.
+**Scripted agent.** It acts on what the conversation told it, never on the hidden goal, and leaves every
+value to the dialogue state. A good move (probability ``skill``) asks for every missing slot at once,
+searches once every slot is known (again after a rejection), offers the first result, books the accepted
+place once the party size is known and confirms; poor moves ask for one slot or something vague, search
+early, offer a rejected place again, book without offering or before the party size is known, or write
+an invalid or malformed call.
 """
 
 from __future__ import annotations
@@ -56,26 +58,27 @@ from rwft.rollout.envs.base import Environment, Episode, Task, stable_int
 from rwft.rollout.envs.tod_domain import (
     ACCEPT,
     ANY,
-    AREAS,
     CONSTRAINTS,
     NAMES,
+    PLACE,
     SLOTS,
     TOOLS,
     copy_db,
     find,
     make_task,
     meets,
-    named_places,
     opening,
     parse_tool_calls,
+    resolve,
     run_tool,
     stated_slots,
     user_reply,
 )
 
 SYSTEM = (
-    "You book restaurant tables. Ask what the user wants, search, offer one place, book it when the user "
-    "agrees, then confirm."
+    "You book restaurant tables: ask what the user wants, search, offer a place, book it when the user "
+    "agrees, confirm. Arguments you leave out take what the user said; a place left out, and [name] in "
+    "your text, is the first place of your last search."
 )
 
 
@@ -120,9 +123,10 @@ class TodEnv(Environment):
         return out
 
     def start(self, task: Task) -> Episode:
-        messages = [{"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": opening(task.data["goal"], task.data["told"])}]
-        state = {"db": copy_db(task.data["db"]), "offered": [], "calls": 0, "invalid": 0}
+        said = opening(task.data["goal"], task.data["told"])
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": said}]
+        state = {"db": copy_db(task.data["db"]), "said": stated_slots(said), "first": None, "searched": None,
+                 "offered": [], "calls": 0, "invalid": 0}
         return Episode(task, messages, state=state, tools=TOOLS)
 
     def step(self, ep: Episode, action: str) -> None:
@@ -135,30 +139,32 @@ class TodEnv(Environment):
         if calls:
             self._run_calls(ep, content, calls)
         else:
-            reply, offered, over = user_reply(ep.task.data["goal"], ep.state["db"], text)
+            reply, offered, over = user_reply(ep.task.data["goal"], ep.state["db"], text, ep.state["first"])
             if offered is not None:
                 ep.state["offered"].append(offered)
+            ep.state["said"].update(stated_slots(reply))
             ep.messages.append({"role": "user", "content": reply})
             ep.done = over
         if ep.agent_turns >= self.options.max_turns:
             ep.done = True
 
     def _run_calls(self, ep: Episode, content: str, calls: list[dict[str, Any]]) -> None:
-        """Store the agent's calls in OpenAI's format and append each call's result as a ``tool`` message."""
-        msg = ep.messages[-1]
+        """Store the agent's calls in OpenAI's format, run them, and append each result as a ``tool`` message."""
+        msg, s = ep.messages[-1], ep.state
         msg["content"] = content
         msg["tool_calls"] = []
-        results = []
         for call in calls:
-            cid = f"call_{ep.state['calls'] + len(results)}"
+            cid = f"call_{s['calls']}"
+            s["calls"] += 1
             msg["tool_calls"].append({"type": "function", "id": cid, "function": {
                 "name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}})
-            result, valid = run_tool(ep.state["db"], call["name"], call["arguments"])
-            ep.state["invalid"] += not valid
-            results.append({"role": "tool", "tool_call_id": cid, "name": call["name"],
-                            "content": json.dumps(result, ensure_ascii=False)})
-        ep.state["calls"] += len(calls)
-        ep.messages.extend(results)
+            args = resolve(call["name"], call["arguments"], s["said"], s["first"])
+            result, valid = run_tool(s["db"], call["name"], args)
+            s["invalid"] += not valid
+            if valid and call["name"] == "search":
+                s["first"], s["searched"] = (result[0] if result else None), dict(s["said"])
+            ep.messages.append({"role": "tool", "tool_call_id": cid, "name": call["name"],
+                                "content": json.dumps(result, ensure_ascii=False)})
 
     def outcome(self, ep: Episode) -> dict[str, Any]:
         goal, db = ep.task.data["goal"], ep.state["db"]
@@ -197,36 +203,6 @@ def slots_right(goal: dict[str, Any], db: dict[str, Any]) -> dict[str, bool]:
 # ---------------------------------------------------------------- the scripted agent
 
 
-def memory(ep: Episode) -> dict[str, Any]:
-    """What the conversation told the agent: the slots stated, the last search's arguments and results,
-    the places looked up, rejected and accepted (the last accepted offer, until it is booked)."""
-    mem: dict[str, Any] = {"known": {}, "searched": None, "results": None, "looked": set(), "rejected": set(),
-                           "accepted": None}
-    db, offer = ep.state["db"], None
-    for m in ep.messages:
-        if m["role"] == "user":
-            mem["known"].update(stated_slots(m["content"]))
-            if offer is not None and m["content"] == ACCEPT:
-                mem["accepted"] = offer
-            elif offer is not None:
-                mem["rejected"].add(offer)
-            offer = None
-        elif m["role"] == "assistant" and m.get("tool_calls"):
-            for c in m["tool_calls"]:
-                args = json.loads(c["function"]["arguments"])
-                if c["function"]["name"] == "search":
-                    mem["searched"] = args
-                elif c["function"]["name"] == "lookup":
-                    mem["looked"].add(args.get("name"))
-        elif m["role"] == "assistant":
-            names = named_places(db, m["content"])
-            offer = names[0] if len(names) == 1 else None
-        elif m["role"] == "tool" and m.get("name") == "search":
-            result = json.loads(m["content"])
-            mem["results"] = result if isinstance(result, list) else None
-    return mem
-
-
 def ask(slots: list[str]) -> str:
     """A question for ``slots``: "What area and food? How many people?" """
     named = [s for s in slots if s != "people"]
@@ -234,41 +210,46 @@ def ask(slots: list[str]) -> str:
     return (text + " How many people?").strip() if "people" in slots else text
 
 
-def call(rng: random.Random, skill: float, name: str, args: dict[str, Any]) -> str:
-    """A tool call's text; a poor one (probability 0.2 * (1 - skill)) is malformed (not closed) or invalid
-    (with an argument of another tool)."""
+def call(rng: random.Random, skill: float, name: str) -> str:
+    """A tool call's text with every argument left to the dialogue state; a poor one (probability
+    0.2 * (1 - skill)) is malformed (not closed) or invalid (with an argument the tool does not take)."""
     r = rng.random()
+    text = tool_calls_text([{"name": name, "arguments": {}}])
     if r < 0.1 * (1 - skill):
-        return tool_calls_text([{"name": name, "arguments": args}]).removesuffix("</tool_call>").rstrip()
+        return text.removesuffix("</tool_call>").rstrip()
     if r < 0.2 * (1 - skill):
-        args = {**args, "name": rng.choice(NAMES)} if name == "search" else {**args, "area": rng.choice(AREAS)}
-    return tool_calls_text([{"name": name, "arguments": args}])
+        return tool_calls_text([{"name": name, "arguments": {"people": 2} if name == "search" else {"area": ANY}}])
+    return text
+
+
+def since_search(ep: Episode) -> list[dict[str, Any]]:
+    """The messages after the agent's last search call (all of them when it has not searched)."""
+    for i in range(len(ep.messages) - 1, -1, -1):
+        calls = ep.messages[i].get("tool_calls") or []
+        if any(c["function"]["name"] == "search" for c in calls):
+            return ep.messages[i + 1:]
+    return ep.messages
 
 
 def scripted_turn(ep: Episode, rng: random.Random, skill: float) -> str:
     """One turn of the scripted agent (see the module docstring)."""
-    db = ep.state["db"]
-    if db["bookings"]:
-        b = db["bookings"][0]
-        return f"Booked {b['name']} for {b['people']} people."
-    mem = memory(ep)
-    known = mem["known"]
-    people = known.get("people")
-    missing = [s for s in SLOTS if s not in known]
-    if mem["accepted"] is not None:
-        if people is None and rng.random() < skill:
+    s = ep.state
+    if s["db"]["bookings"]:
+        return "Your table is booked."
+    said = s["said"]
+    recent = since_search(ep)
+    if any(m["role"] == "user" and m["content"] == ACCEPT for m in recent):
+        if "people" not in said and rng.random() < skill:
             return ask(["people"])
-        return call(rng, skill, "book", {"name": mem["accepted"], "people": people or rng.randint(1, 6)})
-    wanted = {s: known[s] for s in CONSTRAINTS if known.get(s, ANY) != ANY}
-    left = [n for n in mem["results"] or [] if n not in mem["rejected"]]
-    stale = mem["searched"] != wanted
-    if left and (not stale or rng.random() >= skill):
-        name = left[0]
-        if name not in mem["looked"] and rng.random() < 0.15:
-            return call(rng, skill, "lookup", {"name": name})
+        return call(rng, skill, "book")
+    if s["first"] is not None and (s["searched"] == said or rng.random() >= skill):
+        looked = any(c["function"]["name"] == "lookup" for m in recent for c in m.get("tool_calls") or [])
+        if not looked and rng.random() < 0.15:
+            return call(rng, skill, "lookup")
         if rng.random() >= skill and rng.random() < 0.3:
-            return call(rng, skill, "book", {"name": name, "people": people or rng.randint(1, 6)})
-        return f"How about {name}?"
+            return call(rng, skill, "book")
+        return f"How about {PLACE}?"
+    missing = [x for x in SLOTS if x not in said]
     if missing:
         if rng.random() < skill:
             return ask(missing)
@@ -277,4 +258,4 @@ def scripted_turn(ep: Episode, rng: random.Random, skill: float) -> str:
             return ask([rng.choice(missing)])
         if r < 0.6:
             return "How can I help?"
-    return call(rng, skill, "search", wanted)
+    return call(rng, skill, "search")

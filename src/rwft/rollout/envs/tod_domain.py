@@ -6,26 +6,34 @@ constraint slots (area, food, price; each a value or ``any``, the user does not 
 the party size of the booking the user wants; the goal's constraints are those of one row, so a place
 that meets them always exists.
 
+**Dialogue state and delexicalized acts.** The environment tracks what the user has said (``said``: the
+slot values of its messages, ``stated_slots``) and the agent's last search results. As in delexicalized
+task-oriented dialogue (MultiWOZ's ``[restaurant_name]``), the agent may leave values to them: a tool
+argument it leaves out takes the user's value (a place: the first place of its last search; a party size
+never said: ``DEFAULT_PEOPLE``), and ``[name]`` in its text is that first place. So a policy can act at
+the level of dialogue acts (ask for a slot, search, offer, book, confirm) without copying words; a value
+it writes itself is used as written.
+
 Tools (JSON schemas in ``TOOLS``), run against the episode's own copy of the database:
 
-- ``search(area?, food?, price?)``: the names of the places that match every given slot (``any`` or an
-  absent slot matches all), as a JSON list, in database order;
-- ``lookup(name)``: the place's row;
-- ``book(name, people)``: adds ``{"name", "people"}`` to the copy's ``bookings`` (one booking per
+- ``search(area?, food?, price?)``: the names of the places that match every slot (``any`` or a slot
+  neither given nor said matches all), as a JSON list, in database order;
+- ``lookup(name?)``: the place's row;
+- ``book(name?, people?)``: adds ``{"name", "people"}`` to the copy's ``bookings`` (one booking per
   episode; a second one is refused) and returns ``{"booked", "people"}``.
 
-A call whose tool is unknown or whose arguments break the tool's schema (a key it does not take, a
-required key missing, a value of the wrong type) is *invalid*: its result is ``{"error": ...}``. A valid
-call can still fail (no place of that name, a party size outside 1 to 8, already booked): also an
-``{"error": ...}`` result, but not an invalid call. A search value outside the domain's vocabulary is
-valid and matches nothing.
+A call whose tool is unknown or whose arguments break the tool's schema (a key it does not take, a value
+of the wrong type) is *invalid*: its result is ``{"error": ...}``. A valid call can still fail (no place
+of that name or no search yet, a party size outside 1 to 8, already booked): also an ``{"error": ...}``
+result, but not an invalid call. A search value outside the domain's vocabulary is valid and matches
+nothing.
 
 The scripted user reads the agent's message to it (a turn without tool calls), first rule that applies:
 
 1. a booking exists: "Thank you, bye." and the episode ends;
-2. the text names exactly one place of the database: an offer. It is accepted ("Yes, book it.") when the
-   place meets every constraint of the goal, else rejected with the first slot it gets wrong ("No, I want
-   fish food."); naming several places gets "One place, please.";
+2. the text names exactly one place of the database (by name, or ``[name]``): an offer. It is accepted
+   ("Yes, book it.") when the place meets every constraint of the goal, else rejected with the first slot
+   it gets wrong ("No, I want fish food."); naming several places gets "One place, please.";
 3. the text mentions slots (area / where, food / eat, price / cheap / expensive, people / many): the goal's
    values of those slots, in the order area, food, price, people ("I want north area and any food.");
 4. anything else: "I do not know."
@@ -49,6 +57,10 @@ SLOTS = ("area", "food", "price", "people")
 NAMES = ("star", "moon", "sun", "rock", "wind", "fire", "snow", "rain", "iron", "sky")
 """Place names: one token each for the tiny preset's tokenizer, with or without a leading space."""
 MAX_PEOPLE = 8
+DEFAULT_PEOPLE = 2
+"""The party size of a booking whose size the agent leaves out before the user has said one."""
+PLACE = "[name]"
+"""In the agent's text: the first place of its last search."""
 
 ACCEPT = "Yes, book it."
 BYE = "Thank you, bye."
@@ -56,18 +68,17 @@ UNKNOWN = "I do not know."
 ONE_PLACE = "One place, please."
 
 
-def _tool(name: str, properties: dict[str, str], required: list[str]) -> dict[str, Any]:
+def _tool(name: str, properties: dict[str, str]) -> dict[str, Any]:
     props = {k: {"type": t} for k, t in properties.items()}
-    return {"type": "function", "function": {"name": name, "parameters": {
-        "type": "object", "properties": props, **({"required": required} if required else {})}}}
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": props}}}
 
 
 TOOLS: list[dict[str, Any]] = [
-    _tool("search", {"area": "string", "food": "string", "price": "string"}, []),
-    _tool("lookup", {"name": "string"}, ["name"]),
-    _tool("book", {"name": "string", "people": "integer"}, ["name", "people"]),
+    _tool("search", {"area": "string", "food": "string", "price": "string"}),
+    _tool("lookup", {"name": "string"}),
+    _tool("book", {"name": "string", "people": "integer"}),
 ]
-"""The tools' JSON schemas, kept short: the tiny preset's tokenizer spends about 110 tokens on each."""
+"""The tools' JSON schemas, kept short: the tiny preset's tokenizer spends about 100 tokens on each."""
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 _ASKS = {
@@ -103,7 +114,12 @@ def find(db: dict[str, Any], name: Any) -> dict[str, Any] | None:
     return next((p for p in db["places"] if p["name"] == name), None)
 
 
-# ---------------------------------------------------------------- tool calls
+def copy_db(db: dict[str, Any]) -> dict[str, Any]:
+    """The episode's own copy (tools never touch the task's database)."""
+    return copy.deepcopy(db)
+
+
+# ---------------------------------------------------------------- tools
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]] | None]:
@@ -133,16 +149,12 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]] | None]:
 
 
 def check_arguments(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
-    """Why ``args`` break an object schema (no keys but its properties, its required ones present, values of
-    the property's type, string or integer), or None when they fit."""
+    """Why ``args`` break an object schema (no keys but its properties, values of the property's type,
+    string or integer), or None when they fit."""
     props = schema["properties"]
-    for key in args:
+    for key, value in args.items():
         if key not in props:
             return f"unknown argument {key!r}"
-    for key in schema.get("required", []):
-        if key not in args:
-            return f"missing argument {key!r}"
-    for key, value in args.items():
         if props[key]["type"] == "string" and not isinstance(value, str):
             return f"{key} must be a string"
         if props[key]["type"] == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
@@ -150,8 +162,24 @@ def check_arguments(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
     return None
 
 
+def resolve(name: str, args: dict[str, Any], said: dict[str, Any], first: str | None) -> dict[str, Any]:
+    """The call's arguments with the ones left out filled in: a slot from what the user said, a place with
+    ``first`` (the first place of the last search; left out when there is none), a party size from what
+    the user said, else ``DEFAULT_PEOPLE``."""
+    filled = dict(args)
+    if name == "search":
+        filled.update({s: said[s] for s in CONSTRAINTS if s in said and s not in args})
+        return filled
+    if "name" not in filled and first is not None:
+        filled["name"] = first
+    if name == "book" and "people" not in filled:
+        filled["people"] = said.get("people", DEFAULT_PEOPLE)
+    return filled
+
+
 def run_tool(db: dict[str, Any], name: str, args: dict[str, Any]) -> tuple[dict[str, Any] | list[str], bool]:
-    """Execute one call against ``db`` (changed in place by ``book``): ``(result, valid)``."""
+    """Execute one call with its resolved arguments against ``db`` (changed in place by ``book``):
+    ``(result, valid)``."""
     if name not in SCHEMAS:
         return {"error": f"unknown tool {name!r}"}, False
     problem = check_arguments(SCHEMAS[name], args)
@@ -159,6 +187,8 @@ def run_tool(db: dict[str, Any], name: str, args: dict[str, Any]) -> tuple[dict[
         return {"error": problem}, False
     if name == "search":
         return [p["name"] for p in db["places"] if all(args.get(s, ANY) in (ANY, p[s]) for s in CONSTRAINTS)], True
+    if "name" not in args:
+        return {"error": "no place given and no search yet"}, True
     place = find(db, args["name"])
     if place is None:
         return {"error": f"no place named {args['name']!r}"}, True
@@ -172,21 +202,12 @@ def run_tool(db: dict[str, Any], name: str, args: dict[str, Any]) -> tuple[dict[
     return {"booked": place["name"], "people": args["people"]}, True
 
 
-def copy_db(db: dict[str, Any]) -> dict[str, Any]:
-    """The episode's own copy (tools never touch the task's database)."""
-    return copy.deepcopy(db)
-
-
 # ---------------------------------------------------------------- the scripted user
-
-
-def phrase(slot: str, value: Any) -> str:
-    return f"{value} {slot}"
 
 
 def state(goal: dict[str, Any], slots: list[str]) -> str:
     """The user stating the goal's values of ``slots``: "I want north area and 4 people." """
-    return "I want " + " and ".join(phrase(s, goal[s]) for s in SLOTS if s in slots) + "."
+    return "I want " + " and ".join(f"{goal[s]} {s}" for s in SLOTS if s in slots) + "."
 
 
 def opening(goal: dict[str, Any], told: list[str]) -> str:
@@ -205,19 +226,20 @@ def stated_slots(text: str) -> dict[str, Any]:
     return out
 
 
-def named_places(db: dict[str, Any], text: str) -> list[str]:
-    """The database's place names in ``text``, in order of first mention."""
-    words = re.findall(r"\w+", text.lower())
+def named_places(db: dict[str, Any], text: str, first: str | None) -> list[str]:
+    """The database's places the text names, in order of first mention; ``[name]`` stands for ``first``."""
     names = {p["name"] for p in db["places"]}
-    return list(dict.fromkeys(w for w in words if w in names))
+    words = re.findall(r"\[name\]|\w+", text.lower())
+    found = (first if w == PLACE else w for w in words)
+    return list(dict.fromkeys(w for w in found if w in names))
 
 
-def user_reply(goal: dict[str, Any], db: dict[str, Any], text: str) -> tuple[str, str | None, bool]:
-    """The user's reply to the agent's message ``text`` (the module docstring's rules): ``(reply, offered
-    place or None, episode over)``."""
+def user_reply(goal: dict[str, Any], db: dict[str, Any], text: str, first: str | None) -> tuple[str, str | None, bool]:
+    """The user's reply to the agent's message ``text`` (the module docstring's rules), ``first`` being the
+    first place of the agent's last search: ``(reply, offered place or None, episode over)``."""
     if db["bookings"]:
         return BYE, None, True
-    names = named_places(db, text)
+    names = named_places(db, text, first)
     if len(names) > 1:
         return ONE_PLACE, None, False
     if names:
