@@ -44,7 +44,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 @dataclass
 class BootstrapConfig:
     env: str
-    """environment: mcqa, clarify or twenty-questions"""
+    """environment: mcqa, clarify, twenty-questions or tod"""
     output: str = ""
     """run directory (default: pi0-ENV)"""
     env_args: list[str] = field(default_factory=list)
