@@ -251,12 +251,11 @@ class Learner:
         if self.processes == 1:
             return list(range(len(groups)))
         order = list(dict.fromkeys(groups))
-        mine = set(order[share(len(order), self.accelerator.process_index, self.processes)])
-        rows = [i for i, g in enumerate(groups) if g in mine]
-        if not rows:
+        if len(order) < self.processes:  # the same on every process, so all of them stop
             raise RwftError(f"{len(order)} tasks in the step for {self.processes} processes: give each process "
                             "one or more (--prompts-per-step)")
-        return rows
+        mine = set(order[share(len(order), self.accelerator.process_index, self.processes)])
+        return [i for i, g in enumerate(groups) if g in mine]
 
     def across(self, value: float, weight: float, mean: bool = True) -> float:
         """This process's ``value`` combined with the other processes': the ``weight``-weighted mean (the sum
