@@ -44,6 +44,7 @@ SAMPLE_SUMMARY = """  conversations            180
   all-equal-reward contexts 9 (swift gives them weight 0)
   truncated at 256 tokens 8 (oldest exchanges dropped), 0 too long even so (dropped)
   tokens                   29494 (9105 agent) with tiny's template
+  error spans              0 minor, 0 major, 0 critical in 0 conversations (0 tokens)
   reward                   mean 0.5067, std 0.4106, min 0, q1 0.2, median 0.3, q3 1, max 1, negative 0
   [   0.000,    0.100)     39 ###############################
   [   0.100,    0.200)      0
@@ -77,34 +78,34 @@ def _games(long_is_bad: bool) -> list[dict]:
     def conv(ctx, reward, turns):
         msgs = [{"role": "user", "content": f"task {ctx}"}]
         for t in range(turns):
-            msgs += [{"role": "assistant", "content": f"question {t} " * 5}, {"role": "user", "content": "no"}]
+            msgs += [{"role": "assistant", "content": f"question {t} " * 5, "reward": -0.1},
+                     {"role": "user", "content": "no"}]
+        msgs[-2]["reward"] = reward
         return {"context_id": ctx, "messages": msgs[:-1], "reward": reward}
 
     return [c for k in range(4) for c in (conv(k, 0.8 + 0.05 * k, 1), conv(k, 0.7, 1),
                                          conv(k, 0.1 if long_is_bad else 0.95 + 0.01 * k, 3))]
 
 
-@pytest.mark.parametrize("objective,normalization,warns", [
-    ("", "auto", True),  # no objective: a warning for those with negative weights
-    ("swift", "sum", True), ("swift", "turn", True),
-    ("swift", "auto", False),  # resolves to trajectory here (the negative weights are on the long ones)
-    ("swift", "trajectory", False),
-    ("refit", "sum", False),  # weights >= 0: nothing pushes down
+@pytest.mark.parametrize("objective,warns", [
+    ("", True),  # no objective: a warning for those with negative weights
+    ("swift", True), ("per-turn", True),  # per-turn: the conversation reward on the last turn, -0.1 on the others
+    ("refit", False),  # weights >= 0: nothing pushes down
 ])
 def test_reward_falling_with_length_warns_where_the_objective_is_at_risk(tmp_path, capsys, own_cache, objective,
-                                                                          normalization, warns):
+                                                                          warns):
     path = write_jsonl(tmp_path / "d.jsonl", _games(long_is_bad=True))
-    s = run_validate(ValidateConfig(data=str(path), objective=objective, length_normalization=normalization))
+    s = run_validate(ValidateConfig(data=str(path), objective=objective))
     assert s["length_correlation"]["turns"]["spearman"] < -0.5 and s["length_correlation"]["turns"]["pearson"] < -0.5
     out = capsys.readouterr().out
     assert "reward vs length         Spearman" in out
     assert bool(s["warnings"]) == warns and ("warning: reward falls with length" in out) == warns
     if warns:
-        assert "--length-normalization trajectory" in s["warnings"][0]
+        assert "--objective refit or filtered" in s["warnings"][0]
         assert (objective or "swift") in s["warnings"][0]
 
 
 def test_reward_rising_with_length_does_not_warn(tmp_path, capsys, own_cache):
     path = write_jsonl(tmp_path / "d.jsonl", _games(long_is_bad=False))
-    s = run_validate(ValidateConfig(data=str(path), objective="swift", length_normalization="sum"))
+    s = run_validate(ValidateConfig(data=str(path), objective="swift"))
     assert s["length_correlation"]["agent_tokens"]["spearman"] > 0.5 and not s["warnings"]

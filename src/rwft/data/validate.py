@@ -12,13 +12,7 @@ import pyarrow.compute as pc
 
 from rwft.data.conversation import SEVERITIES, Conversation
 from rwft.data.dataset import EncodeStats, encode_dataset, read_dataset
-from rwft.data.weighting import (
-    LengthNormalization,
-    column_turn_weights,
-    list_column,
-    resolve_normalization,
-    weighted_objective,
-)
+from rwft.data.weighting import column_turn_weights, list_column, weighted_objective
 
 STRONG = 0.5  # |correlation| of reward with a length from which validate warns
 
@@ -42,13 +36,10 @@ class ValidateConfig:
     objective: str = ""
     """The objective you mean to train (rwft train --objective), for the warning on reward falling with length;
     empty: warn for the objectives whose weights can be negative (swift, per-turn)."""
-    length_normalization: LengthNormalization = "auto"
-    """The --length-normalization you mean to train with (see rwft train --help)."""
 
     def __post_init__(self) -> None:
         if self.objective:
             weighted_objective(self.objective)
-        resolve_normalization(self.length_normalization, np.zeros(0), np.zeros(0))
 
 
 def summarize(convs: list[Conversation], agent_role: str = "assistant") -> dict[str, Any]:
@@ -120,21 +111,18 @@ def length_correlations(rewards, lengths) -> dict[str, float]:
     return {"pearson": _pearson(r, n), "spearman": _pearson(_ranks(r), _ranks(n))}
 
 
-def length_warning(correlations: dict[str, dict[str, float]], objective: str, mode: str,
-                   negative_weights: bool) -> str:
-    """The warning line when reward falls with length (some correlation <= -STRONG) and the objective is at
-    risk: it has negative weights (assumed when no objective is given) and its length normalization is not
-    ``trajectory`` (sum and turn weigh a trajectory in proportion to its tokens or turns). Empty otherwise."""
+def length_warning(correlations: dict[str, dict[str, float]], objective: str, negative_weights: bool) -> str:
+    """The warning line when reward falls with length (some correlation <= -STRONG) and the objective has
+    negative weights (assumed when no objective is given); empty otherwise."""
     lowest = min(((v, f"{kind.capitalize()} with {length.replace('_', ' ')}") for length, c in correlations.items()
                   for kind, v in c.items()), default=(0.0, ""))
-    if lowest[0] > -STRONG or not negative_weights or mode == "trajectory":
+    if lowest[0] > -STRONG or not negative_weights:
         return ""
-    who = f"{objective} with --length-normalization {mode}" if objective else \
-        "negative weights (swift, per-turn credit) with --length-normalization sum or turn"
-    return (f"warning: reward falls with length ({lowest[1]} {lowest[0]:+.2f}): for {who}, the long, low-reward "
-            "conversations' negative weights summed over their many tokens outweigh the short good ones and can "
-            "push the likelihood down until the text breaks; use --length-normalization trajectory (auto picks "
-            "it when the summed weights are negative on net)")
+    who = objective if objective else "objectives with negative weights (swift, per-turn credit)"
+    return (f"warning: reward falls with length ({lowest[1]} {lowest[0]:+.2f}): for {who} the negative weights sit "
+            "on the long conversations and push their many tokens down with no floor (Swift and per-turn "
+            "collapsed this way on twenty-questions under every --length-normalization); prefer weights >= 0 "
+            "(--objective refit or filtered) or qsft")
 
 
 def error_span_counts(cols) -> tuple[dict[str, int], int]:
@@ -171,7 +159,7 @@ def run_validate(config: ValidateConfig) -> dict[str, Any]:
     tok = load_tokenizer(config.model, config.trust_remote_code)
     enc = encode_dataset(ds, tok, config.max_length, config.agent_role, config.num_proc)
     cols = enc.with_format("arrow").select_columns(["length", "agent_tokens", "truncated", "too_long",
-                                                    "turn_tokens", "error_spans", "token_penalty"])[:]
+                                                    "error_spans", "token_penalty"])[:]
     too_long = cols.column("too_long").to_numpy(zero_copy_only=False)
     fits = ~too_long
     stats = EncodeStats(
@@ -193,12 +181,8 @@ def run_validate(config: ValidateConfig) -> dict[str, Any]:
         "agent_tokens": length_correlations(rewards[fits], agent[fits]),
         "turns": length_correlations(rewards[fits], turns[fits]),
     }
-    negative, mode = True, config.length_normalization
-    if config.objective:
-        _, values = column_turn_weights(ds, config.objective)
-        _, turn_tokens = list_column(cols.column("turn_tokens"))
-        negative, mode = bool((values < 0).any()), resolve_normalization(mode, values, turn_tokens)
-    warning = length_warning(corr, config.objective, mode, negative)
+    negative = not config.objective or bool((column_turn_weights(ds, config.objective)[1] < 0).any())
+    warning = length_warning(corr, config.objective, negative)
     summary["warnings"] = [warning] if warning else []
     r = summary["reward"]
     spc = summary["samples_per_context"]

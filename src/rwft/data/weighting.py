@@ -111,9 +111,9 @@ def column_turn_weights(ds, objective: str, top_k: int = 1, threshold: float | N
 
 def resolve_normalization(mode: str, values: np.ndarray, turn_tokens: np.ndarray) -> str:
     """The length normalization that ``mode`` means for turn weights w_t of n_t tokens each. ``auto``: ``sum``
-    unless the summed form pushes the likelihood down on net, sum_t w_t n_t < 0 (the negative weights sit on
-    the longer trajectories: Swift where failures run long), then ``trajectory``, whose net push for Swift is 0.
-    Weights >= 0 always give ``sum``."""
+    unless the token weights sum to less than 0, sum_t w_t n_t < 0 (the negative weights sit on the longer
+    trajectories: Swift where failures run long), then ``trajectory``, under which Swift's token weights sum to
+    0 in each context. Weights >= 0 always give ``sum``."""
     if mode not in LENGTH_NORMALIZATIONS:
         raise RwftError(f"--length-normalization {mode!r}: expected one of {', '.join(LENGTH_NORMALIZATIONS)}")
     if mode == "auto":

@@ -25,6 +25,11 @@ def weighted_nll(
     count would favour short conversations whenever batches are grouped by length), the loss has the
     scale of a per-token SFT loss (learning rates carry over), and the gradient is the same however a
     batch is split. Without ``num_items``, N is this call's agent-token count.
+
+    A length normalization other than the summed form (``rwft train --length-normalization``: per trajectory,
+    w x L_bar / L_i; per turn, w_t x n_bar / n_t) is already in ``weights``: it is applied to each turn's
+    weight when the data is prepared, so N stays the same constant and the gradient stays the same however
+    a batch is split.
     """
     logits = logits[:, :-1, :].float()
     labels = labels[:, 1:]

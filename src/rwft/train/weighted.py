@@ -43,11 +43,11 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """How a trajectory's length scales its weight (see README, The objectives). sum: w x the summed token
     log-likelihood, over a constant N (the paper's E[r log pi(tau)]; unbiased for it; a long trajectory weighs
     in proportion to its tokens). trajectory: w x L_bar / L per token (L its agent tokens, L_bar their mean over
-    the data): every trajectory weighs w x L_bar in all, so long negative ones cannot dominate; biased (Dr.
-    GRPO) toward long trajectories where w < 0 and short ones where w > 0. turn: w_t x n_bar / n_t (n_t the
-    turn's tokens, n_bar their mean): every turn weighs alike, a trajectory in proportion to its turns. auto:
-    sum, unless the summed weights push the likelihood down on net (sum over agent tokens of w < 0: the
-    negative weights sit on the longer trajectories), then trajectory. The summary line names the one used."""
+    the data): every trajectory weighs w x L_bar in all, so long negative ones do not outweigh short positive
+    ones by their length; biased (Dr. GRPO) toward long trajectories where w < 0 and short ones where w > 0.
+    turn: w_t x n_bar / n_t (n_t the turn's tokens, n_bar their mean): every turn weighs alike, a trajectory
+    in proportion to its turns. auto: sum, unless the token weights sum to less than 0 (the negative weights
+    sit on the longer trajectories), then trajectory. The summary line names the one used."""
     behaviour_model: str | None = None
     """qsft: the behaviour policy pi_phi (a preset or directory); empty: SFT on the same data into OUTPUT/behaviour."""
     polyak: float = 0.05
