@@ -4,8 +4,8 @@ tokenizer's offsets on two tokenizers, spans that cut a token included; counted 
 from __future__ import annotations
 
 import copy
-import re
 import importlib.util
+import re
 
 import pytest
 
