@@ -81,7 +81,7 @@ def qsft_cache_seconds(model: str, out: Path, k: int = 16) -> float:
     """Seconds to compute the behaviour figures Q-SFT caches (pi_phi = the model), written to a scratch file."""
     from rwft.data.dataset import prepare_training_data
     from rwft.presets import load_tokenizer, resolve_model
-    from rwft.train.qsft import _write_cache
+    from rwft.train.qsft_behaviour import _write_cache
 
     rows, _ = prepare_training_data(str(DATA), load_tokenizer(model), objective="sft", max_length=1024)
     t = time.perf_counter()

@@ -241,7 +241,8 @@ def test_iterate_syncs_lora_into_a_real_vllm(vllm_url, tmp_path):
     there (the model list names the last one) and the second step's episodes come from it."""
     import urllib.request
 
-    from rwft.recipes.iterate import IterateConfig, run_iterate, stable_tag
+    from rwft.recipes.iterate import IterateConfig, run_iterate
+    from rwft.recipes.served_generator import stable_tag
 
     out = tmp_path / "run"
     run_iterate(IterateConfig(output=str(out), env=["clarify"], env_args=ENV_ARGS, policy="smollm2-135m",

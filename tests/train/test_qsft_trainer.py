@@ -95,7 +95,7 @@ class SaveGrads(TrainerCallback):
 def test_gradient_same_for_batch_8x1_and_1x8(tmp_path, twelve, monkeypatch):
     """Eight conversations (the whole optimizer batch either way): the same gradient however it is split;
     the behaviour figures are computed once for both runs."""
-    import rwft.train.qsft as qsft
+    import rwft.train.qsft_behaviour as qsft
 
     computed = []
     write = qsft._write_cache
@@ -222,7 +222,7 @@ def test_an_agent_token_at_position_0_is_not_an_action(tmp_path):
     import pyarrow as pa
 
     from rwft.presets import load_model, resolve_model
-    from rwft.train.qsft import _write_cache
+    from rwft.train.qsft_behaviour import _write_cache
 
     rows = {"input_ids": [[5, 6, 7, 8, 9, 10], [3, 4, 5]], "turn_index": [[0, 0, -1, -1, 1, 1], [-1, 0, 0]]}
     data = datasets.Dataset.from_dict({**rows, "length": [6, 3]})

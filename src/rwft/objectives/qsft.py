@@ -143,3 +143,12 @@ def polyak_(target: list[torch.Tensor], params: list[torch.Tensor], alpha: float
     """In place: theta_bar <- (1 - alpha) * theta_bar + alpha * theta."""
     for t, p in zip(target, params, strict=True):
         t.lerp_(p.detach().to(t.dtype), alpha)
+
+
+def action_turns(turn_index) -> np.ndarray:
+    """The row's turn indices with position 0 set to -1: no logit predicts the first token (it has no state
+    before it), so it is never an action; everything Q-SFT computes per agent token (the behaviour cache, the
+    labels, the transitions) uses these."""
+    ti = np.array(turn_index, dtype=np.int64)
+    ti[:1] = -1
+    return ti

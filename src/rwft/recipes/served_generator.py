@@ -1,0 +1,54 @@
+"""``rwft iterate --generator-url``: the served generator's sync, the trainer's LoRA adapter saved and hot-loaded
+by an OpenAI-compatible server (vLLM's ``/v1/load_lora_adapter``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class Served:
+    """The served generator: an OpenAI-compatible policy whose model name is the last adapter loaded."""
+
+    def __init__(self, config: Any, out: Path, learner) -> None:
+        from rwft.rollout.http_policy import OpenAIPolicy
+
+        self.config, self.out, self.learner = config, out, learner
+        self.policy = OpenAIPolicy(config.generator_url, config.served_model, config.api_key_env,
+                                   config.max_new_tokens)
+        self.tag = f"rwft-{stable_tag(out)}"
+
+    def load(self, step: int) -> None:
+        """Save the trainer's adapter (at its sync ``step``) and make the server generate with it.
+
+        The directory (``OUTPUT/adapters/step-N-DIGEST``) and the name the server knows it by carry a digest of
+        the adapter's weights: a rerun after a kill, which may train other weights to the same step, never loads
+        an adapter left under that step, and the server's caches keyed by the name (vLLM's prefix cache) never
+        mix two adapters."""
+        import hashlib
+        import shutil
+
+        from rwft.rollout.http_policy import load_lora_adapter, unload_lora_adapter
+
+        tmp = self.out / "adapters" / f".step-{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.learner.model.save_pretrained(tmp)
+        digest = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()[:8]
+        path = (self.out / "adapters" / f"step-{step}-{digest}").resolve()
+        if path.exists():  # the same weights saved before (a resume reloads its last sync)
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, path)
+        name, old = f"{self.tag}-{step}-{digest}", self.policy.model
+        unload_lora_adapter(self.config.generator_url, name, self.config.api_key_env)  # loaded before a restart
+        load_lora_adapter(self.config.generator_url, name, str(path), self.config.api_key_env)
+        self.policy.model = name
+        if old not in (self.config.served_model, name):
+            unload_lora_adapter(self.config.generator_url, old, self.config.api_key_env)
+
+
+def stable_tag(out: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
