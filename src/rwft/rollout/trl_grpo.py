@@ -40,8 +40,8 @@ def _key(prompt: list[dict[str, Any]]) -> str:
 class _TRLvLLMPolicy:
     """rwft's policy interface on TRL's vLLM generation: one ``vllm_generation.generate`` call per turn."""
 
-    def __init__(self, trainer: Any, rollout: EnvRollout):
-        self.trainer, self.rollout, self.name = trainer, rollout, "trl-vllm"
+    def __init__(self, trainer: Any):
+        self.trainer, self.name = trainer, "trl-vllm"
 
     def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
         tok = self.trainer.processing_class
@@ -88,7 +88,7 @@ class EnvRollout:
 
     def _policy(self, trainer: Any):
         if getattr(trainer, "use_vllm", False):
-            return _TRLvLLMPolicy(trainer, self)
+            return _TRLvLLMPolicy(trainer)
         from rwft.rollout.hf_policy import HFPolicy
 
         model = trainer.accelerator.unwrap_model(trainer.model)
