@@ -98,17 +98,25 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        if self.writer is None or self.writer.is_closing():
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port, ssl=self.tls or None)
-        assert self.reader is not None
         payload = json.dumps(body).encode()
         head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
-        self.writer.write(head.encode() + payload)
-        await self.writer.drain()
-        status = (await self.reader.readline()).decode("latin-1").split()
-        if len(status) < 2:
-            raise RuntimeError("the server closed the connection without a reply")
+        for attempt in range(2):  # a kept-alive connection the server has since closed is reopened once
+            reused = self.writer is not None and not self.writer.is_closing()
+            if not reused:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port, ssl=self.tls or None)
+            assert self.reader is not None and self.writer is not None
+            try:
+                self.writer.write(head.encode() + payload)
+                await self.writer.drain()
+                status = (await self.reader.readline()).decode("latin-1").split()
+            except ConnectionError:
+                status = []
+            if len(status) >= 2:
+                break
+            self.close()
+            if not reused or attempt:
+                raise RuntimeError(f"{self.host}:{self.port} closed the connection without a reply")
         headers = {}
         while (line := await self.reader.readline()) not in (b"\r\n", b"\n", b""):
             key, _, value = line.decode("latin-1").partition(":")
@@ -124,8 +132,9 @@ class Connection:
             data = b"".join(parts)
         else:
             data = await self.reader.read()
-        if headers.get("connection", "").lower() == "close":
-            self.writer.close()
+            headers["connection"] = "close"
+        if headers.get("connection", "").lower() == "close" or status[0] == "HTTP/1.0":
+            self.close()
         if status[1] != "200":
             raise RuntimeError(f"HTTP {status[1]}: {data.decode('utf-8', 'replace')[:300]}")
         return json.loads(data)
@@ -133,6 +142,7 @@ class Connection:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 async def replay(url: str, bodies: list[dict[str, Any]], concurrency: int) -> tuple[float, int]:
