@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class StubServer:
     def __init__(self, reply, status: int = 200):
-        self.reply = reply  # (messages, body) -> str
+        self.reply = reply  # (messages, body) -> str, or a dict: the reply's message (content, tool_calls)
         self.status = status
         self.requests: list[tuple[dict, dict]] = []
         stub = self
@@ -22,9 +22,10 @@ class StubServer:
                     self.send_response(stub.status)
                     self.end_headers()
                     return
-                text = stub.reply(body["messages"], body)
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
-                                   "usage": {"completion_tokens": len(text.split())}}).encode()
+                reply = stub.reply(body["messages"], body)
+                message = {"role": "assistant", **(reply if isinstance(reply, dict) else {"content": reply})}
+                words = len(str(message.get("content") or "").split())
+                data = json.dumps({"choices": [{"message": message}], "usage": {"completion_tokens": words}}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

@@ -256,3 +256,61 @@ def test_iterate_syncs_lora_into_a_real_vllm(vllm_url, tmp_path):
     episodes = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
     assert len(episodes) == 8 and all(e["messages"][-1]["role"] in ("assistant", "user") for e in episodes)
     assert any(m["content"] for e in episodes for m in e["messages"] if m["role"] == "assistant")
+
+
+def test_a_tool_call_round_trips_through_the_server_into_the_episode():
+    """--env tod over HTTP: the env's tools go out as the request's ``tools``; the server's ``tool_calls`` (arguments
+    a JSON string, as OpenAI sends them) come back as the episode's call, the tool runs, and the next request
+    carries that call and its result in OpenAI's format. Both the in-flight ``play`` and the lockstep ``act``."""
+    from openai_stub import StubServer
+    from rwft.rollout.envs.tod_domain import TOOLS
+
+    def reply(messages, body):
+        if not any(m["role"] == "tool" for m in messages):
+            return {"content": "Let me look.", "tool_calls": [{"id": "srv_1", "type": "function", "function": {
+                "name": "search", "arguments": json.dumps({"area": "north"})}}]}
+        return {"content": "Sorry, no."}
+
+    server = StubServer(reply)
+    try:
+        env = make_env("tod", [])
+        tasks = env.tasks(2, 0)
+        played = run_episodes(env, OpenAIPolicy(server.url, "pi0", retries=0), tasks, [0, 0], [1.0] * 2, 0)
+        policy = OpenAIPolicy(server.url, "pi0", retries=0)
+        stepped = [env.start(t) for t in tasks]
+        for _ in range(2):
+            for ep, text in zip(stepped, policy.act(stepped, [1.0] * 2, [0, 0]), strict=True):
+                env.step(ep, text)
+    finally:
+        server.close()
+    for ep in played + stepped:
+        agent = [m for m in ep.messages if m["role"] == "assistant"]
+        assert agent[0]["content"] == "Let me look."
+        call = agent[0]["tool_calls"][0]
+        assert call["function"]["name"] == "search" and json.loads(call["function"]["arguments"]) == {"area": "north"}
+        tool = ep.messages[ep.messages.index(agent[0]) + 1]
+        assert tool["role"] == "tool" and tool["tool_call_id"] == call["id"] and tool["name"] == "search"
+        assert agent[1]["content"] == "Sorry, no." and ep.state["invalid"] == 0
+    bodies = [b for _, b in server.requests]
+    assert all(b["tools"] == TOOLS for b in bodies)
+    second = next(b for b in bodies if any(m["role"] == "tool" for m in b["messages"]))
+    sent = next(m for m in second["messages"] if m.get("tool_calls"))
+    assert sent["content"] == "Let me look." and isinstance(sent["tool_calls"][0]["function"]["arguments"], str)
+    assert json.loads(sent["tool_calls"][0]["function"]["arguments"]) == {"area": "north"}
+    result = next(m for m in second["messages"] if m["role"] == "tool")
+    assert result["tool_call_id"] == sent["tool_calls"][0]["id"] and result["name"] == "search"
+    assert all(set(m) <= {"role", "content", "tool_calls", "tool_call_id", "name"} for m in second["messages"])
+
+
+def test_a_reply_with_calls_becomes_tool_call_blocks_and_bad_arguments_stay_invalid():
+    from rwft.rollout.envs.tod_domain import parse_tool_calls
+    from rwft.rollout.http_policy import reply_text
+
+    calls = [{"id": "a", "type": "function", "function": {"name": "lookup", "arguments": '{"name": "x"}'}},
+             {"id": "b", "type": "function", "function": {"name": "book", "arguments": "{}"}}]
+    assert parse_tool_calls(reply_text({"content": "Sure.", "tool_calls": calls})) == (
+        "Sure.", [{"name": "lookup", "arguments": {"name": "x"}}, {"name": "book", "arguments": {}}])
+    assert parse_tool_calls(reply_text({"content": None, "tool_calls": calls[:1]}))[0] == ""
+    broken = [{"id": "c", "type": "function", "function": {"name": "book", "arguments": "{not json"}}]
+    assert parse_tool_calls(reply_text({"content": "", "tool_calls": broken}))[1] is None  # the env counts it invalid
+    assert reply_text({"content": "Plain."}) == "Plain."

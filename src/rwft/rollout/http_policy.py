@@ -10,6 +10,14 @@ without waiting for the rest of the batch (the collector's lockstep ``act`` wait
 each turn). Each request keeps its (seed, context, sample, turn) seed, so the episodes are the same either way
 when the server honours the seed. ``check_server`` and ``load_lora_adapter`` / ``unload_lora_adapter`` are
 what ``rwft iterate --generator-url`` needs (vLLM's runtime LoRA endpoints).
+
+**Tools.** An episode's ``tools`` (``--env tod``) are sent as the request's ``tools``, and its messages in
+OpenAI's format: an assistant message's ``tool_calls`` (``arguments`` as a JSON string) and a tool result's
+``tool_call_id`` and ``name``. A reply's ``tool_calls`` (a server that parses calls, such as vLLM with
+``--enable-auto-tool-choice``) come back as the agent's text in rwft's form: its content, then one
+``<tool_call>`` block per call (``data.chat_template.tool_calls_text``), which the environment parses and stores
+as ``tool_calls`` again; a call whose arguments are not a JSON object stays as written and the environment
+counts it invalid. A server that does not parse calls returns the blocks in its text, which reads the same.
 """
 
 from __future__ import annotations
@@ -23,8 +31,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from rwft.data.chat_template import tool_calls_text
 from rwft.errors import RwftError
 from rwft.rollout.envs.base import Episode
+
+Tools = list[dict[str, Any]] | None
 
 
 class OpenAIPolicy:
@@ -51,18 +62,20 @@ class OpenAIPolicy:
         return self.complete(messages, temperature, seed, max_tokens)[0]
 
     def complete(self, messages: list[dict[str, Any]], temperature: float, seed: int,
-                 max_tokens: int | None = None) -> tuple[str, bool]:
-        """The reply to ``messages`` and whether it stopped at ``max_tokens`` (finish_reason "length").
+                 max_tokens: int | None = None, tools: Tools = None) -> tuple[str, bool]:
+        """The reply to ``messages`` (offered ``tools``, when given) as rwft's agent text (``reply_text``) and
+        whether it stopped at ``max_tokens`` (finish_reason "length").
 
         Within ``timeout`` seconds in all, a failed connection, a timeout, a 408 / 429 / 5xx or a reply that is
         not a chat completion is tried again (up to ``retries`` more times); any other 4xx is the request's
         fault and raises at once, with the server's message."""
         body = {
             "model": self.model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "messages": [wire_message(m) for m in messages],
             "temperature": temperature,
             "seed": seed % (2**31),
             "max_tokens": max_tokens or self.max_new_tokens,
+            **({"tools": tools} if tools else {}),
         }
         url = f"{self.base_url}/chat/completions"
         deadline = time.monotonic() + self.timeout
@@ -76,7 +89,7 @@ class OpenAIPolicy:
                 usage = data.get("usage") or {}
                 self.generated_tokens += int(usage.get("completion_tokens") or 0)
                 choice = data["choices"][0]
-                return str(choice["message"].get("content") or ""), choice.get("finish_reason") == "length"
+                return reply_text(choice["message"]), choice.get("finish_reason") == "length"
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code} {e.reason}: {server_message(e)}"
                 if 400 <= e.code < 500 and e.code not in (408, 429):
@@ -92,21 +105,24 @@ class OpenAIPolicy:
         raise RwftError(f"{url}: failed {self.retries + 1} times ({last})")
 
     def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
-                 max_new_tokens: int | None = None) -> list[str]:
-        return [text for text, _ in self._complete_all(conversations, temperatures, seeds, max_new_tokens)]
+                 max_new_tokens: int | None = None, tools: list[Tools] | None = None) -> list[str]:
+        """The next assistant message of each conversation (offered its ``tools``, when given)."""
+        return [text for text, _ in self._complete_all(conversations, temperatures, seeds, max_new_tokens, tools)]
 
     def _complete_all(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
-                      max_new_tokens: int | None = None) -> list[tuple[str, bool]]:
+                      max_new_tokens: int | None = None, tools: list[Tools] | None = None) -> list[tuple[str, bool]]:
+        tools = tools or [None] * len(conversations)
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(conversations)))) as pool:
             futures = [
-                pool.submit(self.complete, c, t, s, max_new_tokens)
-                for c, t, s in zip(conversations, temperatures, seeds, strict=True)
+                pool.submit(self.complete, c, t, s, max_new_tokens, k)
+                for c, t, s, k in zip(conversations, temperatures, seeds, tools, strict=True)
             ]
             return [f.result() for f in futures]
 
     def act(self, episodes: list[Episode], temperatures: list[float], seeds: list[int]) -> list[str]:
         """The episodes' next turns; a turn cut at ``max_new_tokens`` is noted in ``mark_cut``'s list."""
-        replies = self._complete_all([ep.messages for ep in episodes], temperatures, seeds)
+        replies = self._complete_all([ep.messages for ep in episodes], temperatures, seeds,
+                                     tools=[ep.tools for ep in episodes])
         for ep, (_, cut) in zip(episodes, replies, strict=True):
             mark_cut(ep, cut)
         return [text for text, _ in replies]
@@ -122,7 +138,7 @@ class OpenAIPolicy:
                 if turn >= max_turns:
                     raise RwftError(f"env {env.name}: an episode passed {max_turns} turns "
                                     "(its stopping rule is broken)")
-                text, cut = self.complete(ep.messages, temperatures[k], seed_of(k, turn))
+                text, cut = self.complete(ep.messages, temperatures[k], seed_of(k, turn), tools=ep.tools)
                 mark_cut(ep, cut)
                 env.step(ep, text)
                 turn += 1
@@ -132,6 +148,34 @@ class OpenAIPolicy:
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_in_flight, len(episodes)))) as pool:
             for f in [pool.submit(one, k) for k in range(len(episodes))]:
                 f.result()
+
+
+def wire_message(m: dict[str, Any]) -> dict[str, Any]:
+    """One rwft message as an OpenAI chat message: role and content, an assistant's ``tool_calls`` (``id``,
+    ``type``, ``function`` with ``arguments`` as a JSON string) and a tool result's ``tool_call_id`` and ``name``;
+    rwft's own keys (``weight``, ``spans``, ...) stay home."""
+    out: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
+    if m.get("tool_calls"):
+        out["tool_calls"] = []
+        for k, call in enumerate(m["tool_calls"]):
+            fn = call.get("function", call)
+            args = fn.get("arguments", {})
+            out["tool_calls"].append({"id": call.get("id") or f"call_{k}", "type": "function", "function": {
+                "name": fn.get("name"), "arguments": args if isinstance(args, str) else json.dumps(args)}})
+    if m["role"] == "tool":
+        out.update({key: m[key] for key in ("tool_call_id", "name") if m.get(key) is not None})
+    return out
+
+
+def reply_text(message: dict[str, Any]) -> str:
+    """A chat completion's message as rwft's agent text: its content, then its ``tool_calls`` as ``<tool_call>``
+    blocks (``data.chat_template.tool_calls_text``: arguments that are a JSON object's string become the object)."""
+    content = str(message.get("content") or "")
+    calls = message.get("tool_calls") or []
+    if not calls:
+        return content
+    blocks = tool_calls_text(calls)
+    return content.rstrip() + "\n" + blocks if content.strip() else blocks
 
 
 def mark_cut(episode: Episode, cut: bool) -> None:
