@@ -1,7 +1,8 @@
 """The data a comparison trains on, each stage a file or directory under its output, skipped when done:
 pi_0 (``pi0/``, made by ``rwft bootstrap``, or ``--model`` itself), its logs (``logs.jsonl``, by ``rwft
-collect``, or ``--data``) and their turn rewards by redistribution (``logs-per-turn.jsonl``, by ``rwft label
---per-turn``). ``config`` is a ``CompareConfig`` (``rwft sweep`` builds one for its pi_0)."""
+collect`` of pi_0 or of ``--logs-policy``, or ``--data``) and their turn rewards by redistribution
+(``logs-per-turn.jsonl``, by ``rwft label --per-turn``). ``config`` is a ``CompareConfig`` (``rwft sweep``
+builds one for its pi_0)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def make_pi0(config: Any, out: Path) -> str:
 
 
 def collect_logs(config: Any, pi0: str, out: Path) -> str:
+    """``OUTPUT/logs.jsonl``: the logs played by ``config.logs_policy`` (pi_0 when empty), or ``config.data``."""
     if config.data:
         return config.data
     from rwft.data.io import count_complete_lines
@@ -68,12 +70,14 @@ def collect_logs(config: Any, pi0: str, out: Path) -> str:
 
     path = out / "logs.jsonl"
     t0 = time.time()
-    run_collect(CollectConfig(env=config.env, out=str(path), policy=pi0, contexts=config.contexts,
+    policy = config.logs_policy or pi0
+    run_collect(CollectConfig(env=config.env, out=str(path), policy=policy, contexts=config.contexts,
                               samples_per_context=config.samples_per_context, temperatures=list(config.temperatures),
                               seed=config.collect_seed, env_args=list(config.env_args),
                               max_new_tokens=config.max_new_tokens, progress=config.progress,
                               quiet=not config.progress))
-    print(f"logs: {count_complete_lines(path)} episodes of pi_0 in {path} ({time.time() - t0:.0f} s)", flush=True)
+    who = config.logs_policy or "pi_0"
+    print(f"logs: {count_complete_lines(path)} episodes of {who} in {path} ({time.time() - t0:.0f} s)", flush=True)
     return str(path)
 
 

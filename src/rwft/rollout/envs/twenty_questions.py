@@ -18,6 +18,13 @@ unchanged, and ``prefix_score`` maps the same way). ``prefix_score`` rates a gam
 The scripted agent tracks the candidates consistent with the replies. A good turn (probability
 ``skill``) asks the question that splits them most evenly, or guesses them in turn once ``GUESS_AT``
 or fewer are left; a poor turn asks a random question, says something unclear or guesses at random.
+
+Logs for stitching (``--env-args player=...``, ``PLAYERS``): ``ask-well`` asks the halving questions and then
+guesses blindly (random objects, whatever the answers said); ``guess-well`` asks random questions and then
+guesses the candidates in turn; ``ask-or-guess-well`` plays one of the two per game (its first turn draws
+which). Neither wins quickly, but their halves combined are skill 1's play: the best logged game of a hidden
+object lies well below what a policy that takes ask-well's questions and guess-well's guesses scores
+(``twenty_questions_stitching`` measures both). A scripted game's outcome names its ``player``.
 """
 
 from __future__ import annotations
@@ -155,6 +162,11 @@ class TwentyQuestionsEnv(Environment):
     class Options:
         horizon: int = 20
         """agent turns before the game is lost"""
+        player: str = "skill"
+        """the scripted agent (--policy scripted:SKILL): skill (each turn good with probability SKILL);
+        ask-well (the halving questions, then blind guesses), guess-well (random questions, then the candidates
+        in turn) or ask-or-guess-well (one of the two drawn per game): logs for stitching (PLAYERS; the three
+        ignore SKILL). skill at 1 plays ask-well's questions with guess-well's guesses: the stitched optimum"""
         reward: str = "turns"
         """turns: -1 per agent turn (a win at turn k scores -k, no win -horizon); unit: 1 - k / horizon for a
         win at turn k, 0 without one (the same map onto [0, 1], with no per-message rewards)"""
@@ -162,6 +174,8 @@ class TwentyQuestionsEnv(Environment):
         def check(self) -> None:
             if self.horizon < 1:
                 raise RwftError(f"--env-args horizon={self.horizon}: expected >= 1")
+            if self.player not in ("skill", *PLAYERS):
+                raise RwftError(f"--env-args player={self.player}: expected skill, {', '.join(PLAYERS)}")
             if self.reward not in ("turns", "unit"):
                 raise RwftError(f"--env-args reward={self.reward}: expected turns or unit")
 
@@ -212,6 +226,7 @@ class TwentyQuestionsEnv(Environment):
             "turns": ep.agent_turns,
             "guesses": len(ep.state.get("guesses", [])),
             "unclear_turns": ep.state.get("unclear", 0),
+            **({"player": ep.state["_scripted"]["player"]} if "_scripted" in ep.state else {}),
         }
 
     def prefix_score(self, messages: list[dict[str, Any]], metadata: dict[str, Any]) -> float | None:
@@ -236,38 +251,93 @@ class TwentyQuestionsEnv(Environment):
         return self.scaled(max(-float(self.options.horizon), -(turns + math.log2(n) + 1.0)))
 
     def scripted_action(self, ep: Episode, rng: random.Random, skill: float) -> str:
-        s = ep.state.setdefault("_scripted", {"cands": sorted(OBJECTS), "asked": []})
-        last = s.get("last")
-        if last is not None and ep.messages[-1]["role"] == "user":
-            reply = ep.messages[-1]["content"]
-            kind, arg = last
-            if kind == "ask" and reply in ("Yes.", "No."):
-                keep = reply == "Yes."
-                s["cands"] = [o for o in s["cands"] if (arg in OBJECTS[o]) == keep]
-            elif kind == "guess" and reply == "No.":
-                s["cands"] = [o for o in s["cands"] if o != arg]
-        cands = s["cands"] or sorted(OBJECTS)
-        r = rng.random()
-        good = r <= skill
-        # Good play guesses once few candidates are left: guessing k candidates in turn costs (k + 1) / 2
-        # turns on average, asking first costs more for k <= 3 (k = 3: 2 turns against 7/3). It also keeps
-        # good games short, so a small model imitates them more easily (rwft bootstrap).
-        if len(cands) == 1 or (good and len(cands) <= GUESS_AT) or (not good and rng.random() < 0.25):
-            guess = cands[0] if len(cands) == 1 or good else rng.choice(cands)
-            s["last"] = ("guess", guess)
-            return f"Is it {article(guess)}?"
-        if not good and rng.random() < 0.2:
-            s["last"] = None
-            return rng.choice(["Hmm, tell me more about it.", "Is it big and alive?", ""])
-        unasked = [a for a in ATTRIBUTES if a not in s["asked"]]
-        useful = [a for a in unasked if 0 < sum(a in OBJECTS[o] for o in cands) < len(cands)]
-        if not useful:
-            s["last"] = ("guess", cands[0])
-            return f"Is it {article(cands[0])}?"
-        if good:  # the most even split of the remaining candidates
-            attr = min(useful, key=lambda a: abs(2 * sum(a in OBJECTS[o] for o in cands) - len(cands)))
-        else:
-            attr = rng.choice(unasked)
-        s["asked"].append(attr)
-        s["last"] = ("ask", attr)
-        return ATTRIBUTES[attr][1]
+        s = tracked(ep)
+        player = self.options.player
+        if player == "ask-or-guess-well" and "player" not in s:
+            s["player"] = rng.choice(("ask-well", "guess-well"))
+        elif player != "ask-or-guess-well":
+            s["player"] = player
+        if s["player"] == "skill":
+            return skill_turn(s, rng, skill)
+        return named_turn(s, rng, s["player"])
+
+
+PLAYERS = ("ask-well", "guess-well", "ask-or-guess-well")
+"""Scripted players for stitching (``--env-args player=...``), each strong at one half of the game."""
+
+
+def tracked(ep: Episode) -> dict[str, Any]:
+    """The scripted agent's state, its candidates updated by the oracle's reply to its last turn."""
+    s = ep.state.setdefault("_scripted", {"cands": sorted(OBJECTS), "asked": []})
+    last = s.get("last")
+    if last is not None and ep.messages[-1]["role"] == "user":
+        reply = ep.messages[-1]["content"]
+        kind, arg = last
+        if kind == "ask" and reply in ("Yes.", "No."):
+            keep = reply == "Yes."
+            s["cands"] = [o for o in s["cands"] if (arg in OBJECTS[o]) == keep]
+        elif kind == "guess" and reply == "No.":
+            s["cands"] = [o for o in s["cands"] if o != arg]
+    return s
+
+
+def splits(cands: list[str], asked: list[str]) -> list[str]:
+    """The attributes not asked yet whose answer would rule out some of ``cands`` but not all."""
+    return [a for a in ATTRIBUTES if a not in asked and 0 < sum(a in OBJECTS[o] for o in cands) < len(cands)]
+
+
+def halving(cands: list[str], useful: list[str]) -> str:
+    """The attribute of ``useful`` that splits ``cands`` most evenly (the first such in table order)."""
+    return min(useful, key=lambda a: abs(2 * sum(a in OBJECTS[o] for o in cands) - len(cands)))
+
+
+def ask(s: dict[str, Any], attr: str) -> str:
+    s["asked"].append(attr)
+    s["last"] = ("ask", attr)
+    return ATTRIBUTES[attr][1]
+
+
+def guess(s: dict[str, Any], obj: str) -> str:
+    s.setdefault("guessed", []).append(obj)
+    s["last"] = ("guess", obj)
+    return f"Is it {article(obj)}?"
+
+
+def named_turn(s: dict[str, Any], rng: random.Random, player: str) -> str:
+    """One turn of ``ask-well`` or ``guess-well``. Both ask until at most ``GUESS_AT`` candidates are left (or
+    no question splits them) and then only guess. ask-well asks the question that splits the candidates most
+    evenly (as skill 1 does), then guesses blindly: a random object it has not guessed yet, whatever the
+    answers said. guess-well asks a random question it has not asked (often one that rules out nothing),
+    then guesses the candidates in turn (as skill 1 does)."""
+    cands = s["cands"] or sorted(OBJECTS)
+    useful = splits(cands, s["asked"])
+    if not s.get("guessing") and len(cands) > GUESS_AT and useful:
+        if player == "ask-well":
+            return ask(s, halving(cands, useful))
+        return ask(s, rng.choice([a for a in ATTRIBUTES if a not in s["asked"]]))
+    s["guessing"] = True
+    if player == "ask-well":
+        return guess(s, rng.choice([o for o in sorted(OBJECTS) if o not in s.get("guessed", [])] or cands))
+    return guess(s, cands[0])
+
+
+def skill_turn(s: dict[str, Any], rng: random.Random, skill: float) -> str:
+    """One turn of the skill player: good (probability ``skill``) asks the question that splits the candidates
+    most evenly or guesses them in turn once ``GUESS_AT`` or fewer are left; poor asks a random question, says
+    something unclear or guesses at random."""
+    cands = s["cands"] or sorted(OBJECTS)
+    r = rng.random()
+    good = r <= skill
+    # Good play guesses once few candidates are left: guessing k candidates in turn costs (k + 1) / 2
+    # turns on average, asking first costs more for k <= 3 (k = 3: 2 turns against 7/3). It also keeps
+    # good games short, so a small model imitates them more easily (rwft bootstrap).
+    if len(cands) == 1 or (good and len(cands) <= GUESS_AT) or (not good and rng.random() < 0.25):
+        return guess(s, cands[0] if len(cands) == 1 or good else rng.choice(cands))
+    if not good and rng.random() < 0.2:
+        s["last"] = None
+        return rng.choice(["Hmm, tell me more about it.", "Is it big and alive?", ""])
+    unasked = [a for a in ATTRIBUTES if a not in s["asked"]]
+    useful = splits(cands, s["asked"])
+    if not useful:
+        return guess(s, cands[0])
+    return ask(s, halving(cands, useful) if good else rng.choice(unasked))
