@@ -71,3 +71,34 @@ def test_distill_gradient_pulls_toward_the_teacher():
     q = torch.softmax(teacher[0, :2] / 2, -1)
     torch.testing.assert_close(logits.grad[0, :2], 2 * (p - q) / 2)
     assert logits.grad[0, 2].abs().max() == 0  # the last position predicts nothing
+
+
+def test_push_down_stops_at_the_limit_by_hand():
+    # vocabulary of 2; three trained tokens: w = 2 (never clipped), w = -1 above its floor, w = -1 below it
+    logits = torch.zeros(1, 4, 2)
+    logits[0, 2] = torch.tensor([0.0, math.log(1 / 9)])  # p(token 1) = 1/10 at position 2
+    logits.requires_grad_(True)
+    labels = torch.tensor([[-100, 1, 0, 1]])
+    weights = torch.tensor([[0.0, 2.0, -1.0, -1.0]])
+    # pi_0's log-probs at the targets' positions: token 0 from pos 1 had 1/2 (policy 1/2: above log(1/2) - 1);
+    # token 1 from pos 2 had 1/2 (policy 1/10 < e^-1 / 2: clipped at log(1/2) - 1)
+    ref = torch.tensor([[0.0, math.log(0.9), math.log(0.5), math.log(0.5)]])
+    loss = weighted_nll(logits, labels, weights, ref_logprobs=ref, push_down_limit=1.0)
+    expected = (2 * math.log(2) - math.log(2) - (1.0 - math.log(0.5))) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, 2].abs().max() == 0  # the clipped token pushes no more
+    assert logits.grad[0, 1].abs().max() > 0 and logits.grad[0, 0].abs().max() > 0
+    # no limit: the plain weighted NLL, which keeps pushing the third token down
+    plain = weighted_nll(logits, labels, weights, ref_logprobs=ref, push_down_limit=None)
+    assert plain.item() == pytest.approx((2 * math.log(2) - math.log(2) - math.log(10)) / 3, rel=1e-6)
+
+
+def test_push_down_never_clips_a_positive_weight():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 5)
+    labels = torch.randint(0, 5, (2, 6))
+    weights = torch.rand(2, 6) + 0.1
+    ref = torch.zeros(2, 6)  # pi_0 gave every token probability 1: every policy token is far below it
+    torch.testing.assert_close(weighted_nll(logits, labels, weights, ref_logprobs=ref, push_down_limit=0.0),
+                               weighted_nll(logits, labels, weights))

@@ -11,8 +11,17 @@ def weighted_nll(
     labels: torch.Tensor,
     weights: torch.Tensor,
     num_items: torch.Tensor | int | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    push_down_limit: float | None = None,
 ) -> torch.Tensor:
     """L = - sum_{i, t} w_{i,t} * log p(y_{i,t} | y_{i,<t}) / N.
+
+    Bounded push-down: with ``ref_logprobs`` (log pi_0 of each labelled token, same shape) and
+    ``push_down_limit`` delta, a token with w < 0 contributes - w * max(log p, log pi_0 - delta) instead:
+    its push stops once the policy gives it e^delta times less than pi_0 did. This is PPO's clip for a
+    negative advantage, min(rho A, clip(rho, 1 - eps, 1 + eps) A) = A max(rho, 1 - eps), in log space with
+    delta = -log(1 - eps). Tokens with w >= 0 are not clipped. Without a bound the loss is unbounded below
+    for w < 0: the summed log-likelihood of a bad trajectory can be pushed to -infinity.
 
     ``labels`` hold the token ids with -100 outside the agent's turns; ``weights`` (same shape) the
     weight of each token (its trajectory's or turn's weight). Position t is predicted from t - 1.
@@ -36,6 +45,9 @@ def weighted_nll(
     weights = weights[:, 1:].to(logits.dtype)
     mask = labels != -100
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="none")
+    if ref_logprobs is not None and push_down_limit is not None and push_down_limit < float("inf"):
+        floor = push_down_limit - ref_logprobs[:, 1:].reshape(-1).to(nll.dtype)  # -(log pi_0 - delta)
+        nll = torch.where(weights.reshape(-1) < 0, torch.minimum(nll, floor), nll)
     total = (nll * weights.reshape(-1) * mask.reshape(-1)).sum()
     n = mask.sum() if num_items is None else num_items
     if torch.is_tensor(n):

@@ -83,9 +83,10 @@ def token_weights(turn_index: np.ndarray, turn_weights: np.ndarray, penalty: np.
 
 class WeightedCollator:
     """Right-pad rows of ``input_ids``, ``turn_index`` (per token, -1 outside agent turns), ``turn_weights``
-    (per agent turn) and ``token_penalty`` (optional, per token) into ``input_ids`` (pad id), ``attention_mask``,
-    ``labels`` (the token where its weight is non-zero, else -100) and ``token_weights`` (``token_weights``
-    of each row with ``span_weight`` as lambda, 0 on padding)."""
+    (per agent turn), ``token_penalty`` (optional, per token) and ``ref_logprobs`` (optional, per token) into
+    ``input_ids`` (pad id), ``attention_mask``, ``labels`` (the token where its weight is non-zero, else -100),
+    ``token_weights`` (``token_weights`` of each row with ``span_weight`` as lambda, 0 on padding) and, when the
+    rows have them, ``ref_logprobs`` (0 on padding)."""
 
     def __init__(self, pad_token_id: int, span_weight: float = 0.0):
         self.pad_token_id = pad_token_id
@@ -98,6 +99,7 @@ class WeightedCollator:
         input_ids = np.full((b, n), self.pad_token_id, dtype=np.int64)
         turn = np.full((b, n), -1, dtype=np.int64)
         weights = np.zeros((b, n), dtype=np.float32)
+        ref = np.zeros((b, n), dtype=np.float32) if "ref_logprobs" in rows[0] else None
         for i, r in enumerate(rows):
             k = lens[i]
             input_ids[i, :k] = ids[i]
@@ -107,11 +109,16 @@ class WeightedCollator:
             weights[i, :k] = token_weights(t, np.asarray(r["turn_weights"], dtype=np.float32),
                                            None if penalty is None else np.asarray(penalty, dtype=np.float32),
                                            self.span_weight)
+            if ref is not None:
+                ref[i, :k] = r["ref_logprobs"]
         attention = np.arange(n)[None, :] < lens[:, None]
         labels = np.where((weights != 0) & attention, input_ids, -100)
-        return {
+        batch = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention.astype(np.int64)),
             "labels": torch.from_numpy(labels),
             "token_weights": torch.from_numpy(weights),
         }
+        if ref is not None:
+            batch["ref_logprobs"] = torch.from_numpy(ref)
+        return batch

@@ -9,6 +9,7 @@ override ``loss`` alone. The run directory, resume, LoRA and saving are the skel
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -62,6 +63,12 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """qsft: lambda of the targets' return across agent turns, B = max(Y, G) with Y = r + gamma [(1 - lambda)
     V(s') + lambda Y(s')] at each turn's end (a turn's tokens share it) and G the logged return; 0: bootstrap
     from the next turn's value alone, 1: the logged return (Monte Carlo)."""
+    push_down_limit: float = 1.0
+    """How far a token with negative weight (Swift, per-turn, an error span) is pushed below pi_0: its push stops
+    once log pi(y) < log pi_0(y) - limit (PPO's clip for a negative advantage, limit = -log(1 - eps); 1.0: at
+    most e times less likely than pi_0 made it). pi_0 is the model training starts from; its log-probabilities
+    are computed once before training, only when some token weighs < 0. inf: no limit (the paper's objective,
+    which collapses where the negative weights sit on the longer trajectories)."""
     span_weight: float = 0.1
     """lambda of the error spans (rwft label --spans): a token in a span weighs w - lambda * p instead of its turn's
     w, p its severity's penalty (minor 1, major 5, critical 10), in the turns the objective trains (w != 0); 0
@@ -91,6 +98,8 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
             raise RwftError(f"--qsft-lambda: expected a value in [0, 1], got {self.qsft_lambda}")
         if not isinstance(self.qsft_top_k, int) or self.qsft_top_k < 1:
             raise RwftError(f"--qsft-top-k: expected a positive integer, got {self.qsft_top_k!r}")
+        if not self.push_down_limit >= 0.0:
+            raise RwftError(f"--push-down-limit: expected a value >= 0 (inf: no limit), got {self.push_down_limit}")
         if not self.span_weight >= 0.0:
             raise RwftError(f"--span-weight: expected a value >= 0 (0 ignores spans), got {self.span_weight}")
         if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
@@ -136,7 +145,9 @@ class WeightedTrainer(Trainer):
 
         outputs = model(**model_inputs(inputs))
         weights = inputs["token_weights"]
-        return weighted_nll(outputs.logits, inputs["labels"], weights, num_items_in_batch), outputs, weights
+        loss = weighted_nll(outputs.logits, inputs["labels"], weights, num_items_in_batch,
+                            inputs.get("ref_logprobs"), getattr(self.args, "push_down_limit", math.inf))
+        return loss, outputs, weights
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_length:
@@ -215,16 +226,32 @@ def make_trainer(config: TrainConfig, model, tokenizer, prepared: skeleton.Prepa
     prepared data."""
     from rwft.train.collate import WeightedCollator
 
+    data, collator = prepared.data, collator or WeightedCollator(tokenizer.pad_token_id, config.span_weight)
+    if trainer_cls is None:  # the loss with the bounded push-down is WeightedTrainer's own
+        data = with_reference(config, model, data, collator)
     return (trainer_cls or WeightedTrainer)(
         model=model,
         args=config,
-        train_dataset=prepared.data,
-        data_collator=collator or WeightedCollator(tokenizer.pad_token_id, config.span_weight),
+        train_dataset=data,
+        data_collator=collator,
         processing_class=tokenizer,
         tokens_per_conversation=prepared.stats.agent_tokens / prepared.stats.kept,
         callbacks=callbacks,
         **extra,
     )
+
+
+def with_reference(config: TrainConfig, model, data, collator):
+    """``data`` with pi_0's log-probabilities of the trained tokens (``train.reference``) when the bounded
+    push-down needs them: ``--push-down-limit`` set and some token weighing < 0."""
+    from rwft.train.reference import needs_reference, reference_logprobs
+
+    if math.isinf(config.push_down_limit) or not needs_reference(data, config.span_weight):
+        return data
+    model.to(config.device)
+    desc = None if config.disable_tqdm or config.process_index != 0 else "pi_0 log-probs"
+    ref = reference_logprobs(model, data, collator, config.per_device_train_batch_size, desc)
+    return data.add_column("ref_logprobs", ref)
 
 
 RECIPE = skeleton.Recipe(prepare, make_trainer)
