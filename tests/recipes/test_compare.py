@@ -236,3 +236,81 @@ def test_an_http_quality_judge_needs_its_model_name_before_anything_is_written(t
         compare.check_inputs(cfg)
     assert not (tmp_path / "out").exists()
     compare.check_inputs(replace(cfg, quality_api_model="judge"))  # named: accepted
+
+
+@pytest.fixture
+def tod_logs(tmp_path):
+    """Logs of --env tod played by the scripted agent of mixed skill (no model): some turns with errors."""
+    from rwft.rollout.collect import CollectConfig, run_collect
+
+    logs = tmp_path / "tod.jsonl"
+    run_collect(CollectConfig(env="tod", out=str(logs), policy="scripted:mixed", contexts=6, samples_per_context=2,
+                              env_args=["reward=slots"], progress=False, quiet=True))
+    return logs
+
+
+def test_spans_methods_train_on_the_labelled_logs_and_plain_ones_without_spans(tod_logs, monkeypatch, tmp_path,
+                                                                               capfd):
+    """refit+spans and star-gate-d+spans train on OUTPUT/tod-spans.jsonl (labelled once by the tod rules, spans on
+    its agent messages) with lambda --span-weight; refit on the plain logs with lambda 0; the rows say +spans."""
+    from rwft.data.io import load_conversations
+    from rwft.train import trainers
+
+    trained = []
+
+    def fake_train(config, callbacks=None):
+        trained.append(config)
+        Path(config.output_dir).mkdir(parents=True)
+
+    monkeypatch.setattr(trainers, "train", fake_train)
+    rewards = {"refit": 0.4, "refit+spans": 0.7, "star-gate-d+spans": 0.5}
+    monkeypatch.setattr(compare, "eval_cell", lambda config, policy, seed, pi0, cell: {"metrics": {"reward": {
+        "mean": rewards[cell.name.split("-s")[0]] + 0.01 * seed, "half": 0, "n": 1}}})
+    cfg = compare.CompareConfig(output=str(tmp_path / "cmp"), env="tod", env_args=["reward=slots"], data=str(tod_logs),
+                                seeds=[0, 1], methods=["refit", "refit+spans", "star-gate-d+spans"], perplexity=False,
+                                span_weight=0.3)
+    files = compare.run_compare(cfg)
+    labelled = tmp_path / "cmp" / "tod-spans.jsonl"
+    by = {(c.objective, c.seed, c.span_weight): c.data for c in trained}
+    assert by == {("refit", s, 0.0): str(tod_logs) for s in (0, 1)} | \
+        {("refit", s, 0.3): str(labelled) for s in (0, 1)} | {("star-gate-d", s, 0.3): str(labelled) for s in (0, 1)}
+    spans = [s for c in load_conversations(labelled) for m in c.messages for s in m.get("spans") or []]
+    plain = [m for c in load_conversations(tod_logs) for m in c.messages if m.get("spans")]
+    assert spans and not plain
+    from rwft.recipes.spans_stage import span_counts
+
+    counts = span_counts(labelled)
+    assert sum(counts[k] for k in ("minor", "major", "critical")) == len(spans) and counts["all"] == 12
+    table = open(files["markdown"]).read()
+    assert "| refit+spans | 2 | 0.705 ± 0.064 |" in table and "| star-gate-d+spans | 2 |" in table
+    assert "refit+spans beats refit on reward: 0.705 ± 0.064 vs 0.405 ± 0.064" in table.splitlines()
+    assert not any(line.startswith("star-gate-d+spans ") for line in table.splitlines())  # no plain row to pair
+    assert f"error spans (judge tod): {counts['minor']} minor, {counts['major']} major" in table
+    stamp = labelled.stat().st_mtime_ns
+    trained.clear()
+    capfd.readouterr()
+    compare.run_compare(cfg)  # resumed: labelled once, nothing retrained
+    assert labelled.stat().st_mtime_ns == stamp and trained == []
+
+
+@pytest.mark.parametrize("method", ["dpo+spans", "stepdpo+spans", "qsft+spans", "base+spans"])
+def test_spans_are_refused_for_methods_without_token_weights(tmp_path, method):
+    with pytest.raises(RwftError, match=f"{method.split('+')[0]} cannot train on error spans.*refit, swift"):
+        compare.CompareConfig(output=str(tmp_path), env="tod", methods=["base", method])
+
+
+def test_span_options_are_checked_before_anything_is_written(tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(RwftError, match="span-weight 0.0"):
+        compare.CompareConfig(output=str(out), env="tod", methods=["refit+spans"], span_weight=0.0)
+    with pytest.raises(RwftError, match="unknown"):
+        compare.CompareConfig(output=str(out), env="tod", methods=["refit+spanz"])
+    for kw, match in [(dict(env="clarify", env_args=["source=requests"]), "judges episodes of --env tod"),
+                      (dict(env="tod", env_args=[], span_judge="rubric"), "needs --judge-model"),
+                      (dict(env="tod", env_args=[], span_judge="nope"), "expected a span judge"),
+                      (dict(env="tod", env_args=[], span_judge="rubric", span_judge_model="http://127.0.0.1:9/v1"),
+                       "needs --span-api-model")]:
+        with pytest.raises(RwftError, match=match):
+            compare.run_compare(compare.CompareConfig(output=str(out), methods=["base", "swift+spans"], seeds=[0],
+                                                      bootstrap_contexts=4, **kw))
+        assert not out.exists()

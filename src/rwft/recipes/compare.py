@@ -22,7 +22,10 @@ per-turn labels in ``recipes.pi0_and_logs``):
 Methods (``METHODS``): base and every offline objective of ``objectives.registry`` by its row name: sft,
 star-gate (filtered, top-1 per context), refit, swift, per-turn (turn rewards by redistribution, labelled once
 into ``logs-per-turn.jsonl`` by ``--per-turn-judge``), star-gate-d, qsft (its behaviour policy the same seed's
-sft cell when there is one; played by policy extraction), dpo (final answer) and stepdpo.
+sft cell when there is one; played by policy extraction), dpo (final answer) and stepdpo. A weighted method
+(sft, star-gate, refit, swift, per-turn, star-gate-d) with the suffix ``+spans`` (``refit+spans``, its row name)
+trains on the logs labelled once with error spans by ``--span-judge`` (``recipes.spans_stage``), each token of a
+span weighing w - ``--span-weight`` * its severity's penalty; its plain row trains with no span penalty.
 The weighted objectives train on random batches by default (``group_by_length``); DPO / StepDPO may get
 their own learning rate (``dpo_learning_rate``). After the table, one line per (Refit or Swift,
 other method) says whether its reward interval lies above ("beats"), below, or overlaps the other's.
@@ -47,6 +50,7 @@ from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, Objective
 from rwft.recipes.pi0_and_logs import EvalOptions, Pi0Options
+from rwft.recipes.spans_stage import check_span_methods, split_method
 
 # One row per method: "base" (pi_0 untrained) and every offline objective of the registry, by its row name.
 METHODS: dict[str, Objective | None] = {"base": None, **{o.row: o for o in OBJECTIVES.values() if o.offline}}
@@ -66,10 +70,10 @@ class CompareConfig(Pi0Options, EvalOptions):
     """The base model: a preset, a directory or a hub id (pi_0 itself unless --bootstrap-contexts > 0)."""
     data: str = ""
     """Logged conversations to train on; empty: collect them from pi_0 into OUTPUT/logs.jsonl."""
-    logs_policy: str = ""
-    """The policy that plays the collected logs (as rwft collect --policy, e.g. scripted); empty: pi_0."""
     methods: list[str] = field(default_factory=lambda: ["base", "sft", "star-gate", "dpo", "stepdpo", "refit", "swift"])
-    """Methods to compare: base, sft, star-gate, star-gate-d, dpo, stepdpo, refit, swift, per-turn, qsft."""
+    """Methods to compare: base, sft, star-gate, star-gate-d, dpo, stepdpo, refit, swift, per-turn, qsft; a
+    weighted one with +spans (sft+spans, star-gate+spans, star-gate-d+spans, refit+spans, swift+spans,
+    per-turn+spans) trains on the logs with error spans from --span-judge."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds: each method is trained and evaluated once per seed."""
     contexts: int = 40
@@ -100,6 +104,16 @@ class CompareConfig(Pi0Options, EvalOptions):
     """per-turn and qsft: discount per agent turn."""
     per_turn_judge: str = "env"
     """per-turn: the judge that scores each prefix of a logged conversation (rwft label --per-turn --judge)."""
+    span_judge: str = "tod"
+    """+spans methods: the span judge that labels the logs once (rwft label --spans --judge): tod (rules over an
+    --env tod episode's goal and database) or rubric (--span-judge-model asked for the errors as JSON)."""
+    span_judge_model: str = ""
+    """+spans methods with --span-judge rubric: the judge model, a preset, directory or http(s):// URL."""
+    span_api_model: str = ""
+    """+spans methods with an http(s):// --span-judge-model: the model name it serves."""
+    span_weight: float = 0.1
+    """+spans methods: lambda, a token in an error span weighs w - lambda * p (p: minor 1, major 5, critical 10;
+    rwft train --span-weight). The plain methods train with lambda 0, so a pair differs only in the spans."""
     qsft_beta: float = 4.0
     """qsft: the acting beta of pi_phi * exp(beta * p_theta) at evaluation. Its behaviour policy pi_phi is the
     sft cell of the same seed when sft is among the methods (the same SFT on the same data), else trained."""
@@ -129,24 +143,34 @@ class CompareConfig(Pi0Options, EvalOptions):
     cell and the table."""
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if split_method(m)[0] not in METHODS]
         if bad:
-            raise RwftError(f"--methods: unknown {bad}; known: {', '.join(METHODS)}")
+            raise RwftError(f"--methods: unknown {bad}; known: {', '.join(METHODS)} (weighted ones also +spans)")
+        check_span_methods(self.methods, METHODS)
+        if not self.span_weight > 0.0 and any(split_method(m)[1] for m in self.methods):
+            raise RwftError(f"--span-weight {self.span_weight}: the +spans methods need a value > 0 (at 0 they "
+                            "would train as the plain ones)")
         if not self.seeds:
             raise RwftError("--seeds: give at least one seed")
         if self.quality_episodes < 1:
             raise RwftError(f"--quality-episodes {self.quality_episodes}: expected a positive integer")
 
 
+def objective(method: str) -> Objective | None:
+    """The registry entry a method trains (None: base), ``+spans`` or not."""
+    return METHODS[split_method(method)[0]]
+
+
 def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0: str, out: str,
                    behaviour: str | None = None):
     """The config of ``rwft train`` (or ``rwft dpo``) that trains one method from pi_0, silently
-    (``behaviour``: Q-SFT's behaviour policy, when one is trained already)."""
+    (``behaviour``: Q-SFT's behaviour policy, when one is trained already); the span penalty's lambda is
+    --span-weight for a +spans method, 0 for every other."""
     common = dict(data=data, model=pi0, output_dir=out, num_train_epochs=config.epochs,
                   learning_rate=config.learning_rate, per_device_train_batch_size=config.batch_size,
                   max_length=config.max_length, seed=seed, report_to="none", save_steps=10**6, disable_tqdm=True,
                   lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha, merge_lora=config.lora)
-    entry = METHODS[method]
+    entry = objective(method)
     if entry.trainer == "dpo":
         from rwft.train.dpo import DpoConfig
 
@@ -157,13 +181,14 @@ def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0
     extra = {}
     if entry.trainer == "qsft":
         extra = dict(qsft_beta=config.qsft_beta, behaviour_model=behaviour)
+    span_weight = config.span_weight if split_method(method)[1] else 0.0
     return TrainConfig(objective=entry.name, group_by_length=config.group_by_length, gamma=config.gamma,
-                       **entry.settings, **extra, **common)
+                       span_weight=span_weight, **entry.settings, **extra, **common)
 
 
 def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str, cell: Path) -> str:
     """Train one method from pi_0; return the policy to evaluate."""
-    if not METHODS[method]:
+    if not objective(method):
         return pi0
     from rwft.train.dpo import run_dpo
     from rwft.train.trainers import train
@@ -172,7 +197,7 @@ def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: st
     behaviour = str(sft / "model") if (sft / "result.json").exists() and (sft / "model" / "config.json").exists() \
         else None
     trainer = trainer_config(config, method, seed, data, pi0, str(cell / "model"), behaviour)
-    (run_dpo if METHODS[method].trainer == "dpo" else train)(trainer)
+    (run_dpo if objective(method).trainer == "dpo" else train)(trainer)
     return str(cell / "model")
 
 
@@ -277,6 +302,25 @@ def check_inputs(config: CompareConfig) -> None:
     elif config.quality_judge and not config.quality_api_model:
         raise RwftError(f"--quality-judge {config.quality_judge}: an http(s):// judge needs --quality-api-model "
                         "(the model name it serves)")
+    if any(split_method(m)[1] for m in config.methods):
+        check_span_judge_inputs(config)
+
+
+def check_span_judge_inputs(config: CompareConfig) -> None:
+    """The +spans methods' judge: known, with its model, and ``tod`` only on logs of --env tod."""
+    from rwft.presets import locate_model
+    from rwft.rollout.span_judges import check_span_judge
+
+    check_span_judge(config.span_judge, config.span_judge_model)
+    if config.span_judge == "tod" and not config.data and config.env != "tod":
+        raise RwftError(f"--span-judge tod: judges episodes of --env tod, not of --env {config.env} (use "
+                        "--span-judge rubric with --span-judge-model)")
+    url = config.span_judge_model.startswith(("http://", "https://"))
+    if config.span_judge == "rubric" and not url:
+        locate_model(config.span_judge_model)
+    elif config.span_judge == "rubric" and not config.span_api_model:
+        raise RwftError(f"--span-judge-model {config.span_judge_model}: an http(s):// judge needs "
+                        "--span-api-model (the model name it serves)")
 
 
 def run_compare(config: CompareConfig) -> dict[str, Any]:
@@ -284,6 +328,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     from rwft.eval.quality import episode_intervals
     from rwft.eval.report import write_report
     from rwft.recipes.pi0_and_logs import collect_logs, label_per_turn, make_pi0
+    from rwft.recipes.spans_stage import counts_line, label_spans, pair_lines
 
     check_inputs(config)
     out = Path(config.output)
@@ -294,15 +339,17 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     pi0 = make_pi0(config, out)
     data = collect_logs(config, pi0, out)
-    datasets = {"": data}
-    if any(METHODS[m] and METHODS[m].turn_credit for m in config.methods):
+    datasets, span_notes = {"": data}, []
+    if any(objective(m) and objective(m).turn_credit for m in config.methods):
         datasets["per-turn"] = label_per_turn(config, data, out)
+    for key in dict.fromkeys(data_key(m) for m in config.methods if split_method(m)[1]):
+        datasets[key], counts = label_spans(config, datasets[key.removesuffix("+spans")], out)
+        span_notes.append(f"{counts_line(counts, config.span_judge)} ({Path(datasets[key]).name})")
     results, judged, judge = [], [], {}
     for seed in config.seeds:
         for method in config.methods:
             resumed = (out / "cells" / f"{method}-s{seed}" / "result.json").exists()
-            data_of = datasets["per-turn" if METHODS[method] and METHODS[method].turn_credit else ""]
-            results.append(run_cell(config, method, seed, data_of, pi0, out))
+            results.append(run_cell(config, method, seed, datasets[data_key(method)], pi0, out))
             if config.quality_judge:
                 judged += add_quality(config, results[-1], out, judge)
             print(cell_line(results[-1], resumed), flush=True)
@@ -314,7 +361,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
             "perplexity", *(f"judge_{k}" for k in KEYS), "judge_failure"]
     names = [k for k in keep if any(r["metrics"].get(k) for r in results)]  # present and not always 0
     title = f"rwft compare: {config.env} {' '.join(config.env_args)}"
-    notes = []
+    notes = [*pair_lines(results), *span_notes]
     summary = out / "pi0" / "bootstrap.json"
     if config.bootstrap_contexts > 0 and summary.exists():
         p = json.loads(summary.read_text())["pi0"]
@@ -330,3 +377,10 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     files = write_report(results, out / "report", names, title=title, notes=notes)
     print(files["markdown"].read_text(), end="", flush=True)
     return {k: str(v) for k, v in files.items()}
+
+
+def data_key(method: str) -> str:
+    """Which logs a method trains on: "" (the logs), "per-turn" (with turn credit), either + "+spans"."""
+    entry = objective(method)
+    key = "per-turn" if entry and entry.turn_credit else ""
+    return key + ("+spans" if split_method(method)[1] else "")
