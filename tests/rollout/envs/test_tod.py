@@ -301,7 +301,7 @@ def test_tasks_are_deterministic_and_seeded():
         assert any(meets(p, t.data["goal"]) for p in t.data["db"]["places"])
 
 
-@pytest.mark.parametrize("arg", ["source=tau2-mock", "reward=turns", "places=11", "places=1", "any_rate=2",
+@pytest.mark.parametrize("arg", ["source=tau2-telecom", "reward=turns", "places=11", "places=1", "any_rate=2",
                                  "max_turns=0"])
 def test_bad_options(arg):
     with pytest.raises(RwftError, match=arg.split("=")[0]):

