@@ -4,7 +4,15 @@ import random
 import pytest
 import torch
 
-from rwft.objectives.online import dpo_loss, grpo_advantages, grpo_loss, masked_entropy, online_pairs, per_token_kl
+from rwft.objectives.online import (
+    dpo_loss,
+    grpo_advantages,
+    grpo_loss,
+    masked_entropy,
+    online_pairs,
+    per_token_kl,
+    span_advantages,
+)
 
 
 def test_grpo_advantages_by_hand():
@@ -108,3 +116,47 @@ def test_scaled_grpo_advantages_are_swift_weights_times_the_bessel_factor():
     groups = [f"g{i // 4}" for i in range(60)]
     swift = swift_weights(rewards, groups) * math.sqrt(3 / 4)
     assert grpo_advantages(rewards, groups) == pytest.approx(swift.tolist(), rel=5e-3)  # the 1e-4 in the std
+
+
+def test_span_advantages_and_grpo_loss_by_hand_on_two_episodes():
+    """A_it = A_i - 0.1 p_it: episode 0 (A = 1) has a major error on its second token, episode 1 (A = -1) a critical
+    one on its first; episode 0 has 3 tokens, episode 1 two (the third is padding, with a penalty that must not
+    count). On policy the loss is -mean_i sum_t A_it / |y_i| and d/dlogp_it = -A_it / |y_i| / B."""
+    adv = torch.tensor([1.0, -1.0])
+    penalty = torch.tensor([[0.0, 5.0, 0.0], [10.0, 0.0, 1.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    per_token = span_advantages(adv, penalty, 0.1)
+    assert torch.allclose(per_token, torch.tensor([[1.0, 0.5, 1.0], [-2.0, -1.0, -1.1]]))
+    logps = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -0.9]], requires_grad=True)
+    loss = grpo_loss(logps, None, None, per_token, mask, 0.0)
+    assert float(loss.detach()) == pytest.approx((-(1.0 + 0.5 + 1.0) / 3 + (2.0 + 1.0) / 2) / 2)
+    loss.backward()
+    assert torch.allclose(logps.grad, torch.tensor([[-1 / 6, -0.5 / 6, -1 / 6], [2 / 4, 1 / 4, 0.0]]))
+    # lambda 0, or no spans: the sequence-level loss exactly
+    for a in (span_advantages(adv, penalty, 0.0), span_advantages(adv, torch.zeros(2, 3), 0.1)):
+        assert float(grpo_loss(logps.detach(), None, None, a, mask, 0.0)) == pytest.approx(
+            float(grpo_loss(logps.detach(), None, None, adv, mask, 0.0)))
+    # weights [B, T] (Swift / Refit) take the same subtraction token by token
+    weights = span_advantages(torch.tensor([[0.5, 0.5]]), torch.tensor([[0.0, 1.0]]), 0.1)
+    assert torch.allclose(weights, torch.tensor([[0.5, 0.4]]))
+
+
+def test_grpo_loss_with_spans_is_invariant_to_how_the_batch_is_split():
+    """The learner's split (train.online.Learner.loss): each part's loss times its share of the episodes, summed over
+    the parts, is the whole batch's loss and gradient, with per-token advantages, old log-probs and KL."""
+    g = torch.Generator().manual_seed(0)
+    b, t = 6, 5
+    logps = (-torch.rand(b, t, generator=g) * 3).requires_grad_()
+    old = logps.detach() + 0.3 * (torch.rand(b, t, generator=g) - 0.5)
+    ref = logps.detach() - 0.2 * torch.rand(b, t, generator=g)
+    mask = (torch.rand(b, t, generator=g) > 0.2).long()
+    mask[:, 0] = 1
+    penalty = torch.tensor([0.0, 1.0, 5.0, 10.0])[torch.randint(0, 4, (b, t), generator=g)]
+    adv = span_advantages(torch.tensor(grpo_advantages([1, 0, 0.5, 1, 1, 0], list("aaabbb"))), penalty, 0.1)
+    whole = grpo_loss(logps, old, ref, adv, mask, 0.05)
+    (whole_grad,) = torch.autograd.grad(whole, logps)
+    for parts in ([[0, 1, 2], [3, 4, 5]], [[0], [1, 2, 3, 4], [5]]):
+        total = sum(grpo_loss(logps[p], old[p], ref[p], adv[p], mask[p], 0.05) * len(p) / b for p in parts)
+        (grad,) = torch.autograd.grad(total, logps)
+        assert float(total.detach()) == pytest.approx(float(whole.detach()), rel=1e-6)
+        assert torch.allclose(grad, whole_grad, atol=1e-7)

@@ -48,18 +48,24 @@ def test_sync_copies_trainer_into_generator_and_optionally_reference(objective):
     assert same(weights(learner.reference), weights(learner.model))
 
 
-@pytest.mark.parametrize("objective", ["swift", "refit"])
-def test_step_equals_rwft_train_on_the_same_batch(tmp_path, objective):
+@pytest.mark.parametrize(("objective", "spans"), [("swift", False), ("refit", False), ("swift", True)])
+def test_step_equals_rwft_train_on_the_same_batch(tmp_path, objective, spans):
     """Two iterate steps on one batch (what S = never gives when every step sees the same samples) and `rwft train`
     two steps on that data as one batch: equal up to float summation order (the Trainer shuffles the rows and
-    uses fused AdamW). Adam's first step is sign-like, lr * g / (|g| + eps): with eps = 1e-8 a gradient entry
+    uses fused AdamW); with error spans on some messages, both with --span-weight 0.1 (the same convention; rwft
+    train's bounded push-down, --push-down-limit, has no online counterpart and is off).
+    Adam's first step is sign-like, lr * g / (|g| + eps): with eps = 1e-8 a gradient entry
     that is rounding noise around 0 moves its weight by +-lr in one run and -+lr in the other (measured: about
     5 of 100k entries per matrix), so the test uses eps = 1e-3, which keeps every real entry's step."""
     recs = records()
+    if spans:
+        for r in recs[::2]:
+            r["messages"][-1]["spans"] = [{"start": 0, "end": 5, "severity": "critical"}]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({k: r[k] for k in ("id", "context_id", "messages", "reward")}) + "\n"
                             for r in recs))
     cfg = TrainConfig(data=str(data), model="tiny", output_dir=str(tmp_path / "run"), objective=objective,
+                      span_weight=0.1, push_down_limit=float("inf"),
                       max_steps=2, per_device_train_batch_size=len(recs), learning_rate=1e-2, report_to="none",
                       adam_epsilon=1e-3, lr_scheduler_type="constant",
                       disable_tqdm=True, group_by_length=False, save_steps=100, max_length=512)
@@ -248,3 +254,95 @@ def test_the_end_of_turn_token_of_a_cut_turn_is_not_trained():
     first_turn_end = differ[0]
     assert int(whole[first_turn_end - 1]) != -100  # the content before it is still trained
     assert learner.tok.decode(whole[first_turn_end + 1:][whole[first_turn_end + 1:] != -100]).count("<|im_end|>") == 1
+
+
+def tod_records(n=2, skill=0.5, seed=0):
+    """``n`` played --env tod episodes of one task (the scripted agent), as rwft iterate's records, with tools."""
+    from rwft.rollout.envs.base import make_env
+
+    env = make_env("tod", [])
+    task = env.tasks(1, seed)[0]
+    out = []
+    for j in range(n):
+        ep, rng = env.start(task), random.Random(j)
+        while not ep.done:
+            env.step(ep, env.scripted_action(ep, rng, skill))
+        meta = {"env": "tod", **env.outcome(ep)}
+        out.append({"id": f"{task.context_id}/{j}", "context_id": task.context_id, "messages": ep.messages,
+                    "tools": ep.tools, "reward": meta["reward"], "metadata": meta})
+    return out
+
+
+def test_a_tod_episode_is_encoded_with_its_tools_as_data_encode_does():
+    from rwft.data.encode import encode_conversation
+
+    learner = Learner(LearnerConfig(policy="tiny", objective="grpo", max_length=2048))
+    rec = tod_records(1)[0]
+    assert any(m.get("tool_calls") for m in rec["messages"])
+    ids = learner.collate([rec])["input_ids"][0].tolist()
+    expect = encode_conversation(learner.tok, rec["messages"], 2048, tools=rec["tools"])
+    assert ids == expect.input_ids
+    text = learner.tok.decode(ids)
+    assert all(json.dumps(t, ensure_ascii=False) in text for t in rec["tools"])  # the schemas, as generation sees them
+    assert ids != encode_conversation(learner.tok, rec["messages"], 2048).input_ids
+
+
+def span_batch():
+    """Two tod episodes of one task, rewards 1 and 0, with a major error span on the first agent message of each."""
+    recs = tod_records(2)
+    for r, reward in zip(recs, (1.0, 0.0), strict=True):
+        r["reward"] = reward
+        first = next(m for m in r["messages"] if m["role"] == "assistant")
+        from rwft.data.conversation import span_text
+
+        first["spans"] = [{"start": 0, "end": max(1, len(span_text(first)) // 2), "severity": "major"}]
+    return recs
+
+
+def test_grpo_with_spans_by_hand_on_a_two_episode_batch():
+    """On policy (the generator is pi_0 = the trainer, ratio 1) with no KL, GRPO's loss is -mean_i sum_t A_it / n_i
+    whatever the model: with A_it = A_i - 0.1 * 5 on the k_i span tokens of episode i and A_0 = -A_1, it is
+    0.05 * sum_i 5 k_i / n_i, k_i and n_i counted from data.encode's penalties and labels; 0 without spans."""
+    from rwft.data.encode import encode_conversation
+    from rwft.objectives.online import grpo_advantages
+
+    recs = span_batch()
+    learner = Learner(LearnerConfig(policy="tiny", objective="grpo", kl_coef=0.0, max_length=2048))
+    a = grpo_advantages([1.0, 0.0], ["g", "g"])
+    expect = 0.0
+    for r, a_i in zip(recs, a, strict=True):
+        enc = encode_conversation(learner.tok, r["messages"], 2048, tools=r["tools"])
+        trained = [t >= 0 for t in enc.turn_index]
+        n, k = sum(trained), sum(p == 5.0 for p, on in zip(enc.token_penalty, trained, strict=True) if on)
+        assert 0 < k < n
+        expect += -(a_i * n - 0.1 * 5.0 * k) / n / 2
+    loss, out = learner.loss(recs, random.Random(0), [None, None])
+    assert float(loss.detach()) == pytest.approx(expect, abs=1e-6) and abs(expect) > 0.01
+    assert out["span_tokens"] > 0
+    plain = Learner(LearnerConfig(policy="tiny", objective="grpo", kl_coef=0.0, max_length=2048, span_weight=0.0))
+    assert float(plain.loss(recs, random.Random(0), [None, None])[0].detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["grpo", "swift"])
+def test_the_loss_with_spans_is_invariant_to_how_the_batch_is_split(objective):
+    """Each share's loss (the learner's split over processes: its groups, the whole batch's advantages, weights and
+    normalizers) summed over the shares gives the whole batch's loss and gradient, with error spans."""
+    recs = span_batch() + tod_records(3, seed=1)
+    for r in recs[2:]:
+        r["reward"] = float(r["id"].endswith("/1"))
+    learner = Learner(LearnerConfig(policy="tiny", objective=objective, kl_coef=0.01, max_length=2048))
+
+    def run(rows):
+        learner.shard = lambda groups: rows
+        loss, _ = learner.loss(recs, random.Random(0), [None] * len(recs))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
+        learner.model.zero_grad(set_to_none=True)
+        return float(loss.detach()), grads
+
+    whole, g = run(list(range(5)))
+    first, g1 = run([0, 1])
+    second, g2 = run([2, 3, 4])
+    assert first + second == pytest.approx(whole, rel=1e-5)
+    for name in g:
+        assert torch.allclose(g1[name] + g2[name], g[name], rtol=1e-4, atol=1e-7), name

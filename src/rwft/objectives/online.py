@@ -1,5 +1,6 @@
-"""Pure math of online training (``rwft iterate``): group advantages, online preference pairs, the DPO and
-GRPO losses, and the per-token KL and entropy that are logged. Imports nothing else of rwft.
+"""Pure math of online training (``rwft iterate``): group advantages, their per-token form with error spans,
+online preference pairs, the DPO and GRPO losses, and the per-token KL and entropy that are logged. Imports
+nothing else of rwft.
 
 The losses follow TRL's trainers term for term (``DPOTrainer`` with ``loss_type="sigmoid"``, ``GRPOTrainer``
 with ``loss_type="grpo"``), whose versions live inside trainer methods and cannot be called on their own.
@@ -43,6 +44,18 @@ def grpo_advantages(rewards: Sequence[float], groups: Sequence[str], scale: bool
         for i in idx:
             adv[i] = (rewards[i] - mu) / (std + STD_EPS) if scale else rewards[i] - mu
     return adv
+
+
+def span_advantages(advantages: torch.Tensor, penalty: torch.Tensor, span_weight: float) -> torch.Tensor:
+    """Per-token advantages (or weights) from error spans, ``rwft iterate --span-judge``:
+
+        A_it = A_i - lambda * p_it
+
+    A_i the episode's advantage ([B]) or its tokens' weights ([B, T]), p_it token t's error-span penalty ([B, T],
+    ``data.encode.SEVERITY_PENALTY``: minor 1, major 5, critical 10; 0 outside every span), lambda ``span_weight``
+    (``rwft train --span-weight``'s convention): a token outside every span keeps A_i."""
+    a = advantages[:, None] if advantages.dim() == 1 else advantages
+    return a - span_weight * penalty.to(a.dtype)
 
 
 def online_pairs(rewards: Sequence[float], groups: Sequence[str], verifiable: bool, rng: random.Random,
@@ -95,11 +108,11 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
 
     ``old_logps``: the log-probabilities of the policy that sampled (None: the trainer's own, so rho = 1 and
     only its gradient remains); k3 as ``per_token_kl``. ``logps``, ``old_logps``, ``ref_logps`` and ``mask``
-    are [B, T] over the sampled tokens, ``advantages`` [B]."""
+    are [B, T] over the sampled tokens, ``advantages`` [B], or [B, T] per token (A_it for A_i, ``span_advantages``)."""
     mask = mask.to(logps.dtype)
     old = logps.detach() if old_logps is None else old_logps
     ratio = torch.exp(logps - old)
-    a = advantages[:, None].to(logps.dtype)
+    a = (advantages[:, None] if advantages.dim() == 1 else advantages).to(logps.dtype)
     per_token = -torch.min(ratio * a, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * a)
     if kl_coef and ref_logps is not None:
         per_token = per_token + kl_coef * per_token_kl(logps, ref_logps)

@@ -27,6 +27,12 @@ one process); each normalizer (the batch's sequences, pairs or weighted tokens, 
 mean) is the whole batch's, and each process's loss is multiplied by the number of processes, so DDP's mean of
 the gradients is the one-process gradient. A sync loads the weights on every process.
 
+Tools and error spans. Each episode is encoded with its record's ``tools``, so the chat template renders them
+as the generator saw them. An agent message's error ``spans`` (``rwft iterate --span-judge``) become token
+penalties p_t (``data.encode``); GRPO's advantage of a token is A_i - span_weight * p_t and Swift's / Refit's
+weight w_i - span_weight * p_t where w_i != 0 (``objectives.online.span_advantages``; ``rwft train``'s
+convention, ``train.collate.token_weights``), so tokens outside every span keep the episode's value.
+
 Each step also measures, on all the step's samples before the update: the generator's mean next-token
 entropy, the trainer's k3 KL to the reference, and the response length (agent tokens per episode). The k3
 estimate is KL(trainer || reference) only on the trainer's own samples (S = 1, or the step after a sync); on
@@ -77,6 +83,10 @@ class LearnerConfig:
     length_normalization: LengthNormalization = "auto"
     """Swift / Refit: how an episode's length scales its weight, as rwft train's --length-normalization (sum,
     trajectory, turn, auto), with the step's batch as the data."""
+    span_weight: float = 0.1
+    """lambda of the error spans (--span-judge): a token in a span gets GRPO advantage A - lambda * p (Swift / Refit:
+    weight w - lambda * p where w != 0), p its severity's penalty (minor 1, major 5, critical 10); 0 ignores spans.
+    As rwft train's --span-weight: 0.1 makes one critical error cost 1, the whole range of a [0, 1] reward."""
     pairing_threshold: float = 0.5
     """DPO on verifiable environments: a response is right when its verdict (mcqa: the reward, twenty-questions:
     the win) is >= this."""
@@ -96,9 +106,12 @@ class LearnerConfig:
     def entry(self) -> Objective:
         """The objective's registry entry (an RwftError names the online objectives)."""
         try:
-            return get(self.objective, online=True)
+            entry = get(self.objective, online=True)
         except ValueError as e:
             raise RwftError(f"--objective {self.objective!r}: {e}") from None
+        if not self.span_weight >= 0.0:
+            raise RwftError(f"--span-weight: expected a value >= 0 (0 ignores spans), got {self.span_weight}")
+        return entry
 
 
 def share(n: int, index: int, processes: int) -> slice:
@@ -179,13 +192,15 @@ class Learner:
     # -------------------------------------------------------------------------------------- batching
 
     def collate(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Right-padded ids, attention mask, and labels on every agent token (-100 elsewhere) except the
-        end-of-turn marker (a turn's last token) of the turns listed in ``metadata.cut_turns``: cut at the token
-        limit, the generator never sampled it."""
+        """Right-padded ids (each record rendered with its ``tools``), attention mask, labels on every agent token
+        (-100 elsewhere) except the end-of-turn marker (a turn's last token) of the turns listed in
+        ``metadata.cut_turns`` (cut at the token limit, the generator never sampled it), and ``token_penalty``, each
+        token's error-span penalty (0 outside spans and on padding)."""
         from rwft.data.encode import encode_batch
         from rwft.train.collate import WeightedCollator
 
-        encoded = encode_batch(self.tok, [r["messages"] for r in records], self.c.max_length)
+        encoded = encode_batch(self.tok, [r["messages"] for r in records], self.c.max_length,
+                               tools=[r.get("tools") for r in records])
         rows = []
         for r, enc in zip(records, encoded, strict=True):
             if enc is None:
@@ -194,8 +209,11 @@ class Learner:
             rows.append({"input_ids": enc.input_ids, "turn_index": enc.turn_index, "turn_weights": [1.0] * turns})
         batch = WeightedCollator(self.tok.pad_token_id)(rows)
         batch["turn_index"] = torch.full_like(batch["labels"], -1)
+        batch["token_penalty"] = torch.zeros(batch["labels"].shape)
         for i, (r, enc) in enumerate(zip(records, encoded, strict=True)):
             batch["turn_index"][i, : len(enc.turn_index)] = torch.tensor(enc.turn_index)
+            if enc.token_penalty:
+                batch["token_penalty"][i, : len(enc.token_penalty)] = torch.tensor(enc.token_penalty)
             for t in r["metadata"].get("cut_turns", ()):
                 last = max((k for k, x in enumerate(enc.turn_index) if x == t), default=None)
                 if last is not None:  # None: the turn was dropped by truncation
@@ -294,13 +312,20 @@ class Learner:
         logps, mask = self.token_logps(logits, labels)
         kl = (online.per_token_kl(logps.detach(), ref_logps) * mask).sum() / mask.sum().clamp(min=1)
         tokens = float(mask.sum())
+        penalty = full["token_penalty"]
+        spans = self.c.span_weight > 0 and bool((penalty > 0).any())
         out = {"entropy": self.across(float(entropy), tokens), "kl": self.across(float(kl), tokens),
                "response_tokens": self.across(tokens / len(rows), len(rows))}
+        if self.c.span_weight > 0:  # the share of the batch's agent tokens inside an error span
+            trained = full["labels"] != -100
+            out["span_tokens"] = float((penalty > 0)[trained].float().mean()) if trained.any() else 0.0
         loss = None
         if self.entry.weights is not None:
             w = self.entry.weights(rewards, groups)
             weights = self.token_weights(full, w)
             lab = full["labels"].masked_fill(weights == 0, -100)
+            if spans:  # the labels and the normalizer stay those without spans
+                weights = torch.where(weights != 0, online.span_advantages(weights, penalty, self.c.span_weight), 0.0)
             out["weighted_episodes"] = int((w != 0).sum())
             if (lab != -100).any():  # normalized by the agent tokens of the batch's weighted episodes
                 from rwft.objectives.losses import weighted_nll
@@ -323,7 +348,10 @@ class Learner:
         elif self.entry.name == "grpo":
             adv = torch.tensor(online.grpo_advantages(rewards, groups, self.c.scale_advantages))
             out["nonzero_advantage"] = float((adv.abs() > 1e-9).float().mean())
-            part = online.grpo_loss(logps, old_logps, ref_logps, adv[rows].to(logps.device), mask, self.c.kl_coef,
+            mine = adv[rows]
+            if spans:  # per token, aligned with the label tokens (logps[:, t] scores ids[:, t + 1])
+                mine = online.span_advantages(mine, penalty[rows, 1:width], self.c.span_weight)
+            part = online.grpo_loss(logps, old_logps, ref_logps, mine.to(logps.device), mask, self.c.kl_coef,
                                     self.c.epsilon)
             loss = part * (len(rows) / len(records)) * procs
         else:
