@@ -67,6 +67,11 @@ BASE = ["--env", "chars", "--policy", "tiny",
     (["--env", "clarify", "mcqa", "--env-weights", "1"], "--env-weights"),
     (["--sync-every", "never", "--sync-reference", "true"], "--sync-reference with --sync-every never"),
     (["--policy", ""], "--policy: give pi_0"),
+    (["--objective", "grpo", "--span-judge", "rubric"], "--span-judge rubric: expected tod"),
+    (["--objective", "grpo", "--span-judge", "tod"], "--span-judge tod: its rules read --env tod's episodes"),
+    (["--env", "tod", "--objective", "dpo", "--span-judge", "tod"], "--span-judge with --objective dpo"),
+    (["--env", "tod", "--objective", "grpo", "--span-judge", "tod", "--span-weight", "0"], "--span-weight 0"),
+    (["--objective", "grpo", "--span-weight", "-1"], "--span-weight: expected a value >= 0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -359,3 +364,30 @@ def test_experiment_runs_each_cell_once_and_writes_the_table(tmp_path, monkeypat
         SweepConfig(output=str(tmp_path), methods=["bad"]).cells()
     with pytest.raises(RwftError, match="--objective 'ppo'"):  # every cell checked before the first runs
         SweepConfig(output=str(tmp_path), methods=["on:grpo:1", "x:ppo:1"]).cells()
+
+
+def test_span_judge_tod_labels_each_fresh_episode_and_grpo_trains_on_the_spans():
+    """--span-judge tod: play writes the rule judge's spans on the agent messages of each episode (the same as
+    rwft label --spans --judge tod gives) with metadata.span_judge; the learner's step sees them."""
+    from rwft.recipes.iterate import IterateConfig, play
+    from rwft.rollout.envs.base import make_env
+    from rwft.rollout.judges import JudgeItem, make_judge
+    from rwft.rollout.policies import ScriptedPolicy
+    from rwft.rollout.span_judges import TodRules
+    from rwft.train.online import Learner
+
+    env = make_env("tod", [])
+    config = IterateConfig(output="unused", env=["tod"], policy="tiny", objective="grpo", group_size=4,
+                           span_judge="tod", max_length=2048)
+    config.check()
+    records = play(env, ScriptedPolicy(env, None), make_judge("env"), config, env.tasks(3, 0), 0, 7)
+    assert len(records) == 12 and all(r["metadata"]["span_judge"] == "tod" and r.get("tools") for r in records)
+    labelled = [r for r in records if any(m.get("spans") for m in r["messages"])]
+    assert 0 < len(labelled) < len(records)  # the mixed-skill agent errs in some episodes, not all
+    for r in records:
+        plain = [{k: v for k, v in m.items() if k != "spans"} for m in r["messages"]]
+        expect = TodRules().spans(JudgeItem(plain, r["metadata"], r["id"]))
+        assert [m.get("spans", []) for m in r["messages"] if m["role"] == "assistant"] == expect
+    learner = Learner(config)
+    out = learner.step(records, random.Random(0), [None] * len(records))
+    assert out["span_tokens"] > 0 and out["loss"] == out["loss"]

@@ -18,6 +18,11 @@ trainer, save_pretrained). The state is saved after every sync (every ``--save-e
 no copy, since at a sync they equal the trainer (or are pi_0). Killed and rerun with the same command,
 the run continues from that step, with the logs cut back to it: nothing is lost or counted twice.
 
+With ``--span-judge tod`` every fresh episode's agent messages get error spans from the rule judge of
+``rollout.span_judges`` (as ``rwft label --spans --judge tod`` writes them, kept in ``episodes.jsonl``), and
+GRPO / Swift / Refit weigh a token inside a span by its advantage or weight minus ``--span-weight`` times its
+severity's penalty (``train.online``).
+
 Under ``accelerate launch`` / torchrun with several processes, each process plays its share of each
 environment's tasks (``train.online.share``, by process index), the episodes are gathered in the one-process
 order, and every process trains on its share of them (``train.online.Learner``: DDP, the whole batch's
@@ -74,6 +79,10 @@ class IterateConfig(LearnerConfig):
     """Episodes per task G (GRPO's group, DPO's candidates, Swift's context)."""
     max_new_tokens: int = 48
     """Tokens generated per agent turn."""
+    span_judge: str = ""
+    """Error spans on each fresh episode's agent messages: empty for none; tod: the rule judge of rwft label --spans
+    --judge tod (--env tod only). A token in a span gets GRPO advantage A - span_weight * p (Swift / Refit: weight
+    w - span_weight * p); DPO scores whole episodes and takes no spans."""
     save_every: int = 10
     """With --sync-every never: steps between checkpoints (otherwise a checkpoint follows each sync)."""
     generator_url: str = ""
@@ -128,8 +137,24 @@ class IterateConfig(LearnerConfig):
                             "(full-weight sync to a server is out of scope)")
         if self.generator_url and not self.served_model:
             raise RwftError("--generator-url: give --served-model, the name the server gives pi_0")
+        self.check_spans()
         if self.temperature <= 0 or self.learning_rate <= 0 or self.beta <= 0 or self.kl_coef < 0 or self.epsilon <= 0:
             raise RwftError("--temperature, --learning-rate, --beta, --epsilon: expected > 0; --kl-coef: >= 0")
+
+
+    def check_spans(self) -> None:
+        """Refuse a span judge other than tod, on an environment other than tod, for DPO, or with lambda 0."""
+        if not self.span_judge:
+            return
+        if self.span_judge != "tod":
+            raise RwftError(f"--span-judge {self.span_judge}: expected tod (the rule judge of --env tod) or nothing")
+        if set(self.env) != {"tod"}:
+            raise RwftError(f"--span-judge tod: its rules read --env tod's episodes, not --env {' '.join(self.env)}")
+        if self.objective == "dpo":
+            raise RwftError("--span-judge with --objective dpo: DPO scores whole episodes and has no per-token term; "
+                            "use grpo, swift or refit")
+        if self.span_weight <= 0:
+            raise RwftError(f"--span-judge with --span-weight {self.span_weight}: the spans would weigh nothing")
 
 
 def env_options(config: IterateConfig) -> dict[str, list[str]]:
@@ -202,7 +227,26 @@ def play(env, generator, judge, config: IterateConfig, tasks: list, step: int, s
         r["metadata"]["iterate_step"] = step + 1
         if ep.state.get("cut_turns"):  # the learner does not train their end-of-turn token
             r["metadata"]["cut_turns"] = ep.state["cut_turns"]
+    if config.span_judge:
+        add_spans(recs, config.span_judge)
     return recs
+
+
+def add_spans(records: list[dict[str, Any]], spec: str) -> None:
+    """Write the span judge's error spans on each record's agent messages (those with some) and ``metadata.
+    span_judge``, as ``rwft label --spans`` does."""
+    from rwft.rollout.judges import JudgeItem
+    from rwft.rollout.span_judges import make_span_judge
+
+    items = [JudgeItem(r["messages"], r["metadata"], f"episode {r['id']}") for r in records]
+    for r, res in zip(records, make_span_judge(spec).judge(items), strict=True):
+        agents = [m for m in r["messages"] if m["role"] == "assistant"]
+        for m, spans in zip(agents, res.spans or [[]] * len(agents), strict=True):
+            if spans:
+                m["spans"] = spans
+        r["metadata"]["span_judge"] = spec
+        if res.failure:
+            r["metadata"]["span_failure"] = res.failure
 
 
 def check_processes(config: IterateConfig, processes: int) -> None:
