@@ -4,8 +4,9 @@
     python bench/served_throughput.py --url http://127.0.0.1:8011/v1 --model smollm2 --concurrency 16 64
 
 It starts no server: ``--url`` must answer ``GET /models`` listing ``--model`` (the served name). For each
-concurrency C it plays ``--batches`` x C multi-turn episodes (default clarify source=requests: the agent
-asks or answers, the simulated user replies, so rwft's path pays its per-turn work) three times:
+concurrency C it plays ``--batches`` x C multi-turn episodes (default mcqa source=arithmetic: three agent turns,
+a teacher turn after each, so rwft's path pays its per-turn work; clarify source=requests is mostly one turn
+with an untrained model) three times:
 
 1. recording (untimed, warms the server): ``rwft collect``'s code path (``run_collect`` with ``--policy URL``
    and ``--batch-size C``, so C episodes in flight, each sending its next turn as soon as its reply is in)
@@ -173,10 +174,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2", help="the served model's name")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64], help="episodes / requests in flight")
     ap.add_argument("--batches", type=int, default=1, help="episodes per concurrency level = BATCHES x C")
-    ap.add_argument("--env", default="clarify")
-    ap.add_argument("--env-args", nargs="*", default=["source=requests"])
+    ap.add_argument("--env", default="mcqa")
+    ap.add_argument("--env-args", nargs="*", default=["source=arithmetic"])
     ap.add_argument("--samples", type=int, default=4, help="samples per task")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of each path (alternating order)")
