@@ -391,3 +391,21 @@ def test_span_judge_tod_labels_each_fresh_episode_and_grpo_trains_on_the_spans()
     learner = Learner(config)
     out = learner.step(records, random.Random(0), [None] * len(records))
     assert out["span_tokens"] > 0 and out["loss"] == out["loss"]
+
+
+def test_sweep_cells_marked_spans_alone_get_the_span_judge(tmp_path):
+    from rwft.recipes.sweep import SweepConfig
+
+    cfg = SweepConfig(output=str(tmp_path), policy="pi0", env=["tod"], span_judge="tod",
+                      methods=["grpo:grpo:1", "grpo+spans:grpo:1:spans", "dpo:dpo:1:ref"])
+    cells = cfg.cells()
+    assert [c[3:] for c in cells] == [(False, False), (False, True), (True, False)]
+    judges = [cfg.cell("pi0", *c, 0, tmp_path).span_judge for c in cells]
+    assert judges == ["", "tod", ""]
+    with pytest.raises(RwftError, match="a :spans cell needs --span-judge"):
+        SweepConfig(output=str(tmp_path), policy="pi0", env=["tod"], methods=["g:grpo:1:spans"]).cells()
+    with pytest.raises(RwftError, match="NAME:OBJECTIVE:S, then :ref"):
+        SweepConfig(output=str(tmp_path), policy="pi0", methods=["g:grpo:1:often"]).cells()
+    with pytest.raises(RwftError, match="--span-judge with --objective dpo"):
+        SweepConfig(output=str(tmp_path), policy="pi0", env=["tod"], span_judge="tod",
+                    methods=["d:dpo:1:spans"]).cells()

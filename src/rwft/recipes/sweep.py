@@ -36,20 +36,24 @@ class SweepConfig(IterateConfig, Pi0Options, EvalOptions):
 
     methods: list[str] = field(default_factory=lambda: [
         "offline-dpo:dpo:never", "dpo-s8:dpo:8", "dpo-s4:dpo:4", "online-dpo:dpo:1", "grpo:grpo:1", "swift:swift:1"])
-    """Cells as NAME:OBJECTIVE:S, with :ref appended to sync the reference too."""
+    """Cells as NAME:OBJECTIVE:S, with :ref appended to sync the reference too and :spans to label the cell's episodes
+    with --span-judge (the other cells get no spans)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds (training tasks and sampling; evaluation seed eval_seed + seed)."""
     dpo_learning_rate: float = 0.0
     """Learning rate of DPO cells (0: learning_rate)."""
 
-    def cells(self) -> list[tuple[str, str, str, bool]]:
-        """The cells (name, objective, interval, sync reference), each checked as its ``rwft iterate`` will be."""
+    def cells(self) -> list[tuple[str, str, str, bool, bool]]:
+        """The cells (name, objective, interval, sync reference, spans), each checked as its rwft iterate will be."""
         out = []
         for spec in self.methods:
             parts = spec.split(":")
-            if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "ref"):
-                raise RwftError(f"methods: {spec!r}: expected NAME:OBJECTIVE:S or NAME:OBJECTIVE:S:ref")
-            out.append((parts[0], parts[1], parts[2], len(parts) == 4))
+            flags = parts[3:]
+            if len(parts) < 3 or not set(flags) <= {"ref", "spans"} or len(set(flags)) != len(flags):
+                raise RwftError(f"methods: {spec!r}: expected NAME:OBJECTIVE:S, then :ref and / or :spans")
+            if "spans" in flags and not self.span_judge:
+                raise RwftError(f"methods: {spec!r}: a :spans cell needs --span-judge (tod)")
+            out.append((parts[0], parts[1], parts[2], "ref" in flags, "spans" in flags))
             self.cell(self.policy or "pi0", *out[-1], 0, Path(self.output)).check()
         if len(self.env) != 1:
             raise RwftError(f"--env {self.env}: rwft sweep trains and evaluates in one environment")
@@ -57,16 +61,18 @@ class SweepConfig(IterateConfig, Pi0Options, EvalOptions):
             raise RwftError("no pi_0: give --policy, or --bootstrap-contexts N to make one with rwft bootstrap")
         return out
 
-    def cell(self, pi0: str, name: str, objective: str, sync: str, ref: bool, seed: int, out: Path) -> IterateConfig:
+    def cell(self, pi0: str, name: str, objective: str, sync: str, ref: bool, spans: bool, seed: int,
+             out: Path) -> IterateConfig:
         """The ``rwft iterate`` config of one cell."""
         lr = self.dpo_learning_rate if objective == "dpo" and self.dpo_learning_rate else self.learning_rate
         base = IterateConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(IterateConfig)})
         return dataclasses.replace(base, output=str(out / "cells" / f"{name}-s{seed}" / "run"), policy=pi0,
                                    objective=objective, sync_every=sync, sync_reference=ref, seed=seed,
-                                   learning_rate=lr, progress=False, quiet=True)
+                                   learning_rate=lr, span_judge=self.span_judge if spans else "", progress=False,
+                                   quiet=True)
 
 
-def run_cell(config: SweepConfig, pi0: str, name: str, objective: str, sync: str, ref: bool,
+def run_cell(config: SweepConfig, pi0: str, name: str, objective: str, sync: str, ref: bool, spans: bool,
              seed: int, out: Path) -> dict[str, Any]:
     from rwft.eval.evaluate import EvalConfig, flat, run_eval
     from rwft.recipes.iterate import run_iterate
@@ -76,7 +82,7 @@ def run_cell(config: SweepConfig, pi0: str, name: str, objective: str, sync: str
     if done.exists():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
-    run_iterate(config.cell(pi0, name, objective, sync, ref, seed, out))
+    run_iterate(config.cell(pi0, name, objective, sync, ref, spans, seed, out))
     train_s = time.perf_counter() - t0
     ev = run_eval(EvalConfig(policy=str(cell / "run" / "model"), env=config.env[0], output=str(cell / "eval"),
                              episodes=config.eval_episodes, seeds=[config.eval_seed + seed],
@@ -136,9 +142,9 @@ def run_experiment(config: SweepConfig) -> str:
         max_new_tokens=config.max_new_tokens, samples_per_context=config.group_size), out)
     results = []
     for seed in config.seeds:
-        for name, objective, sync, ref in cells:
+        for name, objective, sync, ref, spans in cells:
             resumed = (out / "cells" / f"{name}-s{seed}" / "result.json").exists()
-            results.append(run_cell(config, pi0, name, objective, sync, ref, seed, out))
+            results.append(run_cell(config, pi0, name, objective, sync, ref, spans, seed, out))
             print(cell_line(results[-1], resumed), flush=True)
     names = [k for k in ("reward", "asked", "turns", "length", "entropy_end", "tokens_end", "kl_end")
              if any(k in r["metrics"] for r in results)]
