@@ -42,6 +42,8 @@ from unittest.mock import patch
 
 from rwft.rollout import http_policy
 from rwft.rollout.collect import CollectConfig, run_collect
+from rwft.rollout.envs.base import make_env
+from rwft.rollout.policies import make_policy
 
 
 def check_up(url: str, model: str) -> None:
@@ -68,7 +70,10 @@ def collect(args: argparse.Namespace, concurrency: int, out: Path) -> dict[str, 
         batch_size=concurrency, max_new_tokens=args.max_new_tokens, seed=args.seed, progress=False, quiet=True,
         overwrite=True,
     )
-    return run_collect(cfg)
+    env = make_env(cfg.env, cfg.env_args)
+    policy = make_policy(cfg.policy, env, cfg.max_new_tokens, cfg.api_model, cfg.api_key_env)
+    policy.timeout = args.timeout  # the default 120 s deadline is too short for a loaded CPU server
+    return run_collect(cfg, policy=policy)
 
 
 def record(args: argparse.Namespace, concurrency: int, out: Path,
@@ -146,7 +151,7 @@ class Connection:
             self.writer = None
 
 
-async def replay(url: str, bodies: list[dict[str, Any]], concurrency: int) -> tuple[float, int]:
+async def replay(url: str, bodies: list[dict[str, Any]], concurrency: int, timeout: float) -> tuple[float, int]:
     """Send ``bodies`` in order, ``concurrency`` at a time; (seconds, generated tokens from ``usage``)."""
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for b in bodies:
@@ -158,7 +163,7 @@ async def replay(url: str, bodies: list[dict[str, Any]], concurrency: int) -> tu
         conn = Connection(url)
         try:
             while not queue.empty():
-                reply = await conn.post(queue.get_nowait())
+                reply = await asyncio.wait_for(conn.post(queue.get_nowait()), timeout)
                 tokens += int((reply.get("usage") or {}).get("completion_tokens") or 0)
         finally:
             conn.close()
@@ -180,6 +185,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds a request may take (both paths)")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of each path (alternating order)")
     args = ap.parse_args()
     args.url = args.url.rstrip("/")
@@ -204,7 +210,7 @@ def main() -> None:
                         requests["rwft"] = len(sent)
                         runs[name].append((s["seconds"], int(s["generated_tokens"] or 0)))
                     else:
-                        runs[name].append(asyncio.run(replay(args.url, bodies, c)))
+                        runs[name].append(asyncio.run(replay(args.url, bodies, c, args.timeout)))
         rates = {}
         for name, label in (("rwft", "rwft collect"), ("plain", "plain client")):
             secs = statistics.median(s for s, _ in runs[name])
