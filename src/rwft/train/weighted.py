@@ -19,6 +19,7 @@ from transformers import Trainer, TrainingArguments
 from rwft.data.weighting import LENGTH_NORMALIZATIONS, LengthNormalization
 from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, describe, names
+from rwft.presets import quiet_hf
 from rwft.train import skeleton
 
 # rwft train's objectives: the registry's entries trained by a weighted-NLL trainer or one of its subclasses.
@@ -251,7 +252,8 @@ def with_reference(config: TrainConfig, model, data, collator):
     model.to(config.device)
     desc = None if config.disable_tqdm or config.process_index != 0 else "pi_0 log-probs"
     ref = reference_logprobs(model, data, collator, config.per_device_train_batch_size, desc)
-    return data.add_column("ref_logprobs", ref)
+    with quiet_hf():  # the rows are a selection: adding a column rewrites them ("Flattening the indices")
+        return data.add_column("ref_logprobs", ref)
 
 
 RECIPE = skeleton.Recipe(prepare, make_trainer)
