@@ -58,3 +58,19 @@ def test_no_reference_without_negative_weights_or_without_a_limit(tmp_path, swif
     assert "ref_logprobs" not in weighted.with_reference(config, model, prepared.data, collator).column_names
     config, tokenizer, prepared = _prepared(tmp_path, swift_data, "swift", push_down_limit=float("inf"))
     assert "ref_logprobs" not in weighted.with_reference(config, model, prepared.data, collator).column_names
+
+
+def test_adding_the_reference_leaves_the_encoding_cache_as_it_was(tmp_path, swift_data):
+    """The rows are a selection of the cached encoding; adding a column must not write into its directory (a
+    second run would read the extra file as more rows)."""
+    records = sample_records(24)[::3][:8]
+    for i, r in enumerate(records):  # ctx1's rewards are equal: Swift drops it, the rest is a selection (indices)
+        r["context_id"] = f"ctx{i // 2}"
+        r["reward"] = 0.5 if i in (2, 3) else 0.1 * (i + 1)
+    data = write_jsonl(tmp_path / "dropped.jsonl", records)
+    config, tokenizer, prepared = _prepared(tmp_path, data, "swift")
+    assert prepared.stats.kept == 6
+    collator = WeightedCollator(tokenizer.pad_token_id, config.span_weight)
+    weighted.with_reference(config, load_model("tiny"), prepared.data, collator)
+    again = weighted.prepare(config, tokenizer)
+    assert len(again.data) == len(prepared.data) and again.stats == prepared.stats

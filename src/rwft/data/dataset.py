@@ -128,7 +128,7 @@ def _encoded_features():
 def _load_encoded(directory: Path, fingerprint: str):
     import datasets
 
-    files = sorted(directory.glob("*.arrow"))
+    files = sorted(directory.glob("encoded*.arrow"))  # the map's shards only, not a later cache-*.arrow
     parts = [datasets.Dataset.from_file(str(f)) for f in files]
     ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     ds._fingerprint = fingerprint

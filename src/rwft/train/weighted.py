@@ -252,8 +252,8 @@ def with_reference(config: TrainConfig, model, data, collator):
     model.to(config.device)
     desc = None if config.disable_tqdm or config.process_index != 0 else "pi_0 log-probs"
     ref = reference_logprobs(model, data, collator, config.per_device_train_batch_size, desc)
-    with quiet_hf():  # the rows are a selection: adding a column rewrites them ("Flattening the indices")
-        return data.add_column("ref_logprobs", ref)
+    with quiet_hf():  # the rows are a selection of the cached encoding: flattened in memory, not into its files
+        return data.flatten_indices(keep_in_memory=True).add_column("ref_logprobs", ref)
 
 
 RECIPE = skeleton.Recipe(prepare, make_trainer)
