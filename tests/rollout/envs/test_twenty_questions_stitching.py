@@ -156,3 +156,23 @@ def test_compare_collects_its_logs_from_a_scripted_player(tmp_path):
     rows = [json.loads(x) for x in open(path)]
     assert len(rows) == 12 and {r["metadata"]["policy"] for r in rows} == {"scripted:1"}
     assert {r["metadata"]["player"] for r in rows} == {"ask-well", "guess-well"}
+
+
+def test_halves_scores_each_players_strong_half():
+    from rwft.rollout.envs.twenty_questions_stitching import halves
+
+    def rec(ep, out):
+        return {"messages": ep.messages, "metadata": out}
+
+    ask = halves([rec(*play("ask-well", obj, seed)) for obj, seed in GAMES])
+    guess = halves([rec(*play("guess-well", obj, seed)) for obj, seed in GAMES])
+    stitched = halves([rec(*play("skill", obj, 0)) for obj in OBJECTS])
+    assert ask["even_questions"] == 1.0 and ask["open_guesses"] < 0.3
+    assert guess["open_guesses"] == 1.0 and guess["even_questions"] < 0.5
+    assert stitched == {"even_questions": 1.0, "open_guesses": 1.0}
+    # by hand, hidden dog: alive (17 of 32 alive: the most even split), alive again (rules out nothing),
+    # cat (open), bread (ruled out by "alive"), dog (open)
+    texts = ["Is it alive?", "Is it alive?", "Is it a cat?", "Is it bread?", "Is it a dog?"]
+    messages = [{"role": "assistant", "content": t} for t in texts]
+    assert halves([{"messages": messages, "metadata": {"gold": "dog"}}]) == {
+        "even_questions": 0.5, "open_guesses": pytest.approx(2 / 3)}
