@@ -64,12 +64,12 @@ class TrainConfig(skeleton.RunArguments, TrainingArguments):
     """qsft: lambda of the targets' return across agent turns, B = max(Y, G) with Y = r + gamma [(1 - lambda)
     V(s') + lambda Y(s')] at each turn's end (a turn's tokens share it) and G the logged return; 0: bootstrap
     from the next turn's value alone, 1: the logged return (Monte Carlo)."""
-    push_down_limit: float = 1.0
+    push_down_limit: float = 0.2
     """How far a token with negative weight (Swift, per-turn, an error span) is pushed below pi_0: its push stops
-    once log pi(y) < log pi_0(y) - limit (PPO's clip for a negative advantage, limit = -log(1 - eps); 1.0: at
-    most e times less likely than pi_0 made it). pi_0 is the model training starts from; its log-probabilities
-    are computed once before training, only when some token weighs < 0. inf: no limit (the paper's objective,
-    which collapses where the negative weights sit on the longer trajectories)."""
+    once log pi(y) < log pi_0(y) - limit (PPO's clip for a negative advantage, limit = -log(1 - eps); 0.2, about
+    PPO's eps = 0.2: at most 18% less likely than pi_0 made it). pi_0 is the model training starts from; its
+    log-probabilities are computed once before training, only when some token weighs < 0. inf: no limit (the
+    paper's objective, which collapses where the negative weights sit on the longer trajectories)."""
     span_weight: float = 0.1
     """lambda of the error spans (rwft label --spans): a token in a span weighs w - lambda * p instead of its turn's
     w, p its severity's penalty (minor 1, major 5, critical 10), in the turns the objective trains (w != 0); 0
