@@ -74,3 +74,28 @@ def test_adding_the_reference_leaves_the_encoding_cache_as_it_was(tmp_path, swif
     weighted.with_reference(config, load_model("tiny"), prepared.data, collator)
     again = weighted.prepare(config, tokenizer)
     assert len(again.data) == len(prepared.data) and again.stats == prepared.stats
+
+
+def test_the_trainer_trains_on_the_clipped_loss(tmp_path, swift_data):
+    """make_trainer's batches carry pi_0's log-probs, and the trainer's loss is the clipped one: with a policy
+    already far below pi_0 on the pushed-down tokens (a reference raised by 5 nats), those tokens add nothing."""
+    from rwft.objectives.losses import weighted_nll
+
+    config, tokenizer, prepared = _prepared(tmp_path, swift_data, "swift", per_device_train_batch_size=8)
+    model = load_model("tiny")
+    trainer = weighted.make_trainer(config, model, tokenizer, prepared, [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "ref_logprobs" in batch
+    inputs = {k: v.to(trainer.args.device) for k, v in batch.items()}
+    loss, outputs, w = trainer.loss(model, inputs, None)
+    torch.testing.assert_close(loss, weighted_nll(outputs.logits, inputs["labels"], w))  # at the start: no clip
+    inputs["ref_logprobs"] = inputs["ref_logprobs"] + 5.0
+    clipped, outputs, w = trainer.loss(model, inputs, None)
+    positive = torch.where(w > 0, w, 0.0)
+    negative = torch.where(w < 0, w, 0.0)
+    floor = (config.push_down_limit - inputs["ref_logprobs"])[:, 1:]
+    labels = inputs["labels"][:, 1:]
+    mask = labels != -100
+    expected = weighted_nll(outputs.logits, inputs["labels"], positive, int(mask.sum())) + \
+        (negative[:, 1:] * floor * mask).sum() / mask.sum()
+    torch.testing.assert_close(clipped, expected)
