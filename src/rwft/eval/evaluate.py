@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from rwft.errors import RwftError
 from rwft.eval import metrics as M
 from rwft.rollout.judges import JudgeOptions
+from rwft.rollout.served_adapters import ServedOptions
 
 if TYPE_CHECKING:
     from rwft.rollout.collect import CollectConfig
@@ -35,11 +36,12 @@ SKIP_META = {"seed", "sample", "temperature", "env_reward", "truncated_actions",
 
 
 @dataclass
-class EvalConfig(JudgeOptions):
-    """Options of ``rwft eval`` (the judge's: ``JudgeOptions``)."""
+class EvalConfig(JudgeOptions, ServedOptions):
+    """Options of ``rwft eval`` (the judge's: ``JudgeOptions``; a served generator's: ``ServedOptions``)."""
 
     policy: str
-    """The policy: a checkpoint directory, a preset (tiny, smollm2-135m), scripted[:SKILL] or an http(s) URL."""
+    """The policy: a checkpoint directory, a preset (tiny, smollm2-135m), scripted[:SKILL] or an http(s) URL; with
+    --generator-url, a LoRA adapter directory (loaded into the server) or the base model (--served-model)."""
     env: str
     """Environment: mcqa, clarify or twenty-questions."""
     output: str
@@ -118,7 +120,7 @@ def collect_config(config: EvalConfig, seed: int) -> CollectConfig:
         contexts=config.episodes, samples_per_context=1, temperatures=[config.temperature], seed=seed,
         env_args=list(config.env_args), batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
         progress=config.progress and not config.quiet, quiet=config.quiet, qsft_beta=config.qsft_beta,
-        **config.judge_options(),
+        generator_url=config.generator_url, served_model=config.served_model, **config.judge_options(),
     )
 
 
@@ -137,15 +139,14 @@ def load_inputs(config: EvalConfig) -> tuple[Any, Any, Any]:
     """Check the options and load the policy, the rubric judge's model and the perplexity model, before anything
     is written: ``(policy, judge_backend or None, (model, tokenizer) or None)``."""
     from rwft.rollout.envs.base import make_env
-    from rwft.rollout.policies import make_policy
+    from rwft.rollout.served_adapters import make_run_policy
 
     if config.episodes < 1 or not config.seeds:
         raise RwftError("--episodes must be positive and --seeds non-empty")
     collect_config(config, config.seeds[0]).check()  # the options eval hands to rwft collect
     env = make_env(config.env, config.env_args)
     judge_backend = config.judge_backend()
-    policy = make_policy(config.policy, env, config.max_new_tokens, config.api_model, config.api_key_env,
-                         config.qsft_beta)
+    policy = make_run_policy(config, env)  # an adapter is loaded into --generator-url here
     ppl = None
     if config.ppl_model:
         from rwft.presets import load_model, load_tokenizer

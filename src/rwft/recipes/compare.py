@@ -123,6 +123,12 @@ class CompareConfig(Pi0Options, EvalOptions):
     """LoRA rank."""
     lora_alpha: int = 16
     """LoRA alpha."""
+    generator_url: str = ""
+    """OpenAI-compatible server with runtime LoRA loading (scripts/vllm_cpu.sh) that plays pi_0's logs (as
+    --served-model) and every cell's evaluation (its adapter, saved unmerged, loaded at run time); needs --lora.
+    Perplexity under pi_0 stays in this process. Empty: everything runs in this process."""
+    served_model: str = ""
+    """With --generator-url: the name the server gives the base model --model (scripts/vllm_cpu.sh: smollm2)."""
     eval_env_args: list[str] = field(default_factory=list)
     """Extra environment options for evaluation only (e.g. split=test); appended to --env-args."""
     max_new_tokens: int = 48
@@ -154,6 +160,12 @@ class CompareConfig(Pi0Options, EvalOptions):
             raise RwftError("--seeds: give at least one seed")
         if self.quality_episodes < 1:
             raise RwftError(f"--quality-episodes {self.quality_episodes}: expected a positive integer")
+        need = [what for what, ok in (("--lora true", self.lora), ("--served-model", self.served_model),
+                                      ("no --bootstrap-contexts", self.bootstrap_contexts <= 0),
+                                      ("no qsft", "qsft" not in self.methods)) if not ok]
+        if self.generator_url and need:
+            raise RwftError(f"--generator-url {self.generator_url}: needs {', '.join(need)} (the server plays the "
+                            "base model and loads each cell's LoRA adapter; it cannot load full weights)")
 
 
 def objective(method: str) -> Objective | None:
@@ -169,7 +181,8 @@ def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0
     common = dict(data=data, model=pi0, output_dir=out, num_train_epochs=config.epochs,
                   learning_rate=config.learning_rate, per_device_train_batch_size=config.batch_size,
                   max_length=config.max_length, seed=seed, report_to="none", save_steps=10**6, disable_tqdm=True,
-                  lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha, merge_lora=config.lora)
+                  lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                  merge_lora=config.lora and not config.generator_url)
     entry = objective(method)
     if entry.trainer == "dpo":
         from rwft.train.dpo import DpoConfig
@@ -209,7 +222,7 @@ def eval_cell(config: CompareConfig, policy: str, seed: int, pi0: str, cell: Pat
         seeds=[config.eval_seed + seed], env_args=[*config.env_args, *config.eval_env_args],
         temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
         ppl_model=pi0 if config.perplexity else "", progress=config.progress, quiet=not config.progress,
-        qsft_beta=config.qsft_beta,
+        qsft_beta=config.qsft_beta, generator_url=config.generator_url, served_model=config.served_model,
     ))
 
 

@@ -1,5 +1,6 @@
 """``rwft iterate --generator-url``: the served generator's sync, the trainer's LoRA adapter saved and hot-loaded
-by an OpenAI-compatible server (vLLM's ``/v1/load_lora_adapter``)."""
+by an OpenAI-compatible server (vLLM's ``/v1/load_lora_adapter``), named by its weights' digest as
+``rollout.served_adapters`` names the adapters ``rwft eval`` / ``collect`` play through a server."""
 
 from __future__ import annotations
 
@@ -26,23 +27,22 @@ class Served:
         the adapter's weights: a rerun after a kill, which may train other weights to the same step, never loads
         an adapter left under that step, and the server's caches keyed by the name (vLLM's prefix cache) never
         mix two adapters."""
-        import hashlib
         import shutil
 
-        from rwft.rollout.http_policy import load_lora_adapter, unload_lora_adapter
+        from rwft.rollout.http_policy import unload_lora_adapter
+        from rwft.rollout.served_adapters import adapter_digest, load_adapter
 
         tmp = self.out / "adapters" / f".step-{step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.learner.model.save_pretrained(tmp)
-        digest = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()[:8]
+        digest = adapter_digest(tmp)
         path = (self.out / "adapters" / f"step-{step}-{digest}").resolve()
         if path.exists():  # the same weights saved before (a resume reloads its last sync)
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, path)
         name, old = f"{self.tag}-{step}-{digest}", self.policy.model
-        unload_lora_adapter(self.config.generator_url, name, self.config.api_key_env)  # loaded before a restart
-        load_lora_adapter(self.config.generator_url, name, str(path), self.config.api_key_env)
+        load_adapter(self.config.generator_url, name, path, self.config.api_key_env)  # drops one left by a restart
         self.policy.model = name
         if old not in (self.config.served_model, name):
             unload_lora_adapter(self.config.generator_url, old, self.config.api_key_env)

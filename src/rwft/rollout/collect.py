@@ -27,7 +27,8 @@ from rwft.data.io import JsonlAppender, count_complete_lines, write_text_atomic
 from rwft.errors import RwftError
 from rwft.rollout.envs.base import Environment, Episode, Task, make_env, options_dict
 from rwft.rollout.judges import Judge, JudgeItem, JudgeOptions
-from rwft.rollout.policies import make_policy, turn_seed
+from rwft.rollout.policies import turn_seed
+from rwft.rollout.served_adapters import ServedOptions, make_run_policy
 
 MAX_TURNS = 200
 
@@ -46,8 +47,9 @@ class OutputOptions:
 
 
 @dataclass
-class CollectConfig(OutputOptions, JudgeOptions):
-    """Options of ``rwft collect`` (the output's: ``OutputOptions``; the judge's: ``JudgeOptions``)."""
+class CollectConfig(OutputOptions, JudgeOptions, ServedOptions):
+    """Options of ``rwft collect`` (the output's: ``OutputOptions``; the judge's: ``JudgeOptions``; a served
+    generator's: ``ServedOptions``)."""
 
     env: str
     """environment: mcqa, clarify or twenty-questions"""
@@ -199,6 +201,9 @@ def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any
     args = fingerprint(config)
     if config.qsft_beta <= 0:
         del args["qsft_beta"]  # files collected before the option existed resume as they were
+    del args["generator_url"]  # where the server listens, not what it plays: a restarted server resumes the file
+    if not config.served_model:
+        del args["served_model"]
     done = check_output(out, args, config.overwrite, "collect")
     total = len(order)
     summary: dict[str, Any] = {"out": str(out), "episodes": total, "resumed_from": done}
@@ -209,8 +214,7 @@ def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any
             print(f"rwft collect: {out} already holds all {total} episodes", file=sys.stderr)
         return summary
     if policy is None:
-        policy = make_policy(config.policy, env, config.max_new_tokens, config.api_model, config.api_key_env,
-                             config.qsft_beta)
+        policy = make_run_policy(config, env)  # through --generator-url when given
     judge = config.build_judge(config.seed, backend=judge_backend)
     done = prepare_output(out, args, config.overwrite, "collect")  # the inputs loaded: now touch OUT
     summary["resumed_from"] = done

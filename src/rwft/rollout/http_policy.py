@@ -213,8 +213,9 @@ def server_message(e: urllib.error.HTTPError) -> str:
     return " ".join(text.split())[:300] or "(no message)"
 
 
-def check_server(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 10.0) -> None:
-    """Raise a one-line RwftError unless ``GET {base_url}/models`` answers and lists ``model``."""
+def check_server(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 10.0) -> dict[str, Any]:
+    """Raise a one-line RwftError unless ``GET {base_url}/models`` answers and lists ``model``; return its entry."""
     url = f"{base_url.rstrip('/')}/models"
     req = urllib.request.Request(url, headers=_headers(api_key_env))
     try:
@@ -229,6 +230,7 @@ def check_server(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
     names = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
     if model not in names:
         raise RwftError(f"--generator-url {base_url}: serves {names}, not --served-model {model!r}")
+    return next(m for m in data["data"] if isinstance(m, dict) and m.get("id") == model)
 
 
 def load_lora_adapter(base_url: str, name: str, path: str, api_key_env: str = "OPENAI_API_KEY") -> None:

@@ -1,0 +1,119 @@
+"""Trained LoRA adapters played through an OpenAI-compatible server that loads them at run time (vLLM served with
+``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, as ``scripts/vllm_cpu.sh`` starts it).
+
+``rwft collect`` / ``rwft eval --policy P --generator-url URL --served-model BASE`` (``make_run_policy``):
+
+- ``P`` a LoRA adapter directory (it holds ``adapter_config.json``): the adapter is loaded into the server under
+  ``rwft-adapter-DIGEST`` (``adapter_name``: a digest of its weights, so the server's caches keyed by the name,
+  vLLM's prefix cache, never mix two adapters, and the same weights always get the same name) and played by
+  that name;
+- ``P`` the base model (``BASE`` itself, or a preset / hub id the server reports as the model it serves): played
+  as ``BASE`` (pi_0 of ``rwft compare``);
+- ``P`` a full model directory (a merged or fully fine-tuned run): refused, as vLLM cannot load full weights at run
+  time; scripted policies play locally as without a server.
+
+``rwft iterate --generator-url`` names its synced adapters with the same digest (``recipes.served_generator``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rwft.errors import RwftError
+from rwft.rollout.http_policy import OpenAIPolicy, check_server, load_lora_adapter, unload_lora_adapter
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass(kw_only=True)
+class ServedOptions:
+    """The served-generator options of ``rwft collect`` and ``rwft eval``: a mixin of their configs (keyword-only,
+    so it goes before their required fields)."""
+
+    generator_url: str = ""
+    """OpenAI-compatible server that plays --policy (vLLM with runtime LoRA loading: scripts/vllm_cpu.sh): a LoRA
+    adapter directory is loaded into it under a name from its weights' digest; the base model plays as
+    --served-model; a full model directory is refused. Empty: the policy runs in this process"""
+    served_model: str = ""
+    """with --generator-url: the name the server gives the base model (scripts/vllm_cpu.sh: smollm2)"""
+
+
+def adapter_digest(directory: str | Path) -> str:
+    """The first 8 hex digits of the SHA-256 of a saved adapter's weights (``adapter_model.safetensors``)."""
+    weights = Path(directory) / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise RwftError(f"{directory}: a LoRA adapter directory without {ADAPTER_WEIGHTS} (saved by an older PEFT, "
+                        "or not finished saving)")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
+
+
+def adapter_name(directory: str | Path, prefix: str = "rwft-adapter") -> str:
+    """The name an adapter is loaded under: ``PREFIX-DIGEST``."""
+    return f"{prefix}-{adapter_digest(directory)}"
+
+
+def is_adapter(spec: str) -> bool:
+    """Whether ``spec`` names a LoRA adapter directory (PEFT's ``adapter_config.json``)."""
+    return (Path(spec).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def load_adapter(base_url: str, name: str, path: str | Path, api_key_env: str = "OPENAI_API_KEY") -> None:
+    """Load the adapter saved in ``path`` into the server under ``name``; a name loaded before (by a run before a
+    restart) is dropped first, as vLLM refuses to load a name twice."""
+    unload_lora_adapter(base_url, name, api_key_env)
+    load_lora_adapter(base_url, name, str(Path(path).expanduser().resolve()), api_key_env)
+
+
+def served_policy(spec: str, base_url: str, served_model: str, api_key_env: str = "OPENAI_API_KEY",
+                  max_new_tokens: int = 256) -> OpenAIPolicy:
+    """The policy ``spec`` played by the server at ``base_url`` (see the module docstring); the server is asked
+    first whether it serves ``served_model``, and an adapter is loaded before this returns."""
+    if not served_model:
+        raise RwftError(f"--generator-url {base_url}: needs --served-model (the base model's name on the server)")
+    if spec.startswith(("http://", "https://")):
+        raise RwftError(f"--policy {spec} with --generator-url {base_url}: give the server once (--policy URL with "
+                        "--api-model, or --generator-url with a LoRA adapter directory as --policy)")
+    entry = check_server(base_url, served_model, api_key_env)
+    path = Path(spec).expanduser()
+    if is_adapter(spec):
+        name = adapter_name(path)
+        load_adapter(base_url, name, path, api_key_env)
+        return OpenAIPolicy(base_url, name, api_key_env, max_new_tokens)
+    if path.is_dir():
+        raise RwftError(f"--policy {spec}: a full model directory (no {ADAPTER_CONFIG}), and --generator-url "
+                        f"{base_url} loads only LoRA adapters at run time (vLLM cannot load full weights while "
+                        "serving); train with --lora "
+                        "(unmerged), or serve this model itself and pass --policy http://... --api-model NAME")
+    check_base(spec, served_model, entry, base_url)
+    return OpenAIPolicy(base_url, served_model, api_key_env, max_new_tokens)
+
+
+def check_base(spec: str, served_model: str, entry: dict[str, Any], base_url: str) -> None:
+    """Refuse a base ``spec`` (a preset or hub id) that is not the model the server serves as ``served_model``,
+    when the server says which it is (vLLM's model list gives its ``root``, the path or id it loaded)."""
+    root = entry.get("root")
+    if spec == served_model or not isinstance(root, str) or not root:
+        return
+    from rwft.presets import resolve_model
+
+    if root != spec and os.path.realpath(root) != os.path.realpath(resolve_model(spec)):
+        raise RwftError(f"--policy {spec}: --generator-url {base_url} serves {root} as --served-model "
+                        f"{served_model}, not {spec}; serve {spec} there, or pass --policy {served_model}")
+
+
+def make_run_policy(config: Any, env: Any) -> Any:
+    """The policy of a ``rwft collect`` / ``rwft eval`` config (``policy``, ``max_new_tokens``, ``api_model``,
+    ``api_key_env``, ``qsft_beta`` and ``ServedOptions``' fields): through ``--generator-url`` when one is given
+    and the policy is not scripted, else as ``rollout.policies.make_policy`` builds it."""
+    from rwft.rollout.policies import make_policy
+
+    spec = config.policy
+    if config.generator_url and not (spec == "scripted" or spec.startswith("scripted:")):
+        return served_policy(spec, config.generator_url, config.served_model, config.api_key_env,
+                             config.max_new_tokens)
+    return make_policy(spec, env, config.max_new_tokens, config.api_model, config.api_key_env, config.qsft_beta)
