@@ -70,6 +70,8 @@ class CompareConfig(Pi0Options, EvalOptions):
     """The base model: a preset, a directory or a hub id (pi_0 itself unless --bootstrap-contexts > 0)."""
     data: str = ""
     """Logged conversations to train on; empty: collect them from pi_0 into OUTPUT/logs.jsonl."""
+    logs_policy: str = ""
+    """The policy that plays the collected logs (as rwft collect --policy, e.g. scripted); empty: pi_0."""
     methods: list[str] = field(default_factory=lambda: ["base", "sft", "star-gate", "dpo", "stepdpo", "refit", "swift"])
     """Methods to compare: base, sft, star-gate, star-gate-d, dpo, stepdpo, refit, swift, per-turn, qsft; a
     weighted one with +spans (sft+spans, star-gate+spans, star-gate-d+spans, refit+spans, swift+spans,
