@@ -1,6 +1,6 @@
 """Generated tokens/s of rwft's collection through a served policy vs a plain client at the same concurrency.
 
-    bash scripts/vllm_cpu.sh &        # the smollm2 preset as "smollm2" on port 8011; wait for /v1/models
+    bash scripts/vllm_cpu.sh &        # smollm2 on port 8011 (VLLM_DTYPE=float32 on a CPU without bf16)
     python bench/served_throughput.py --url http://127.0.0.1:8011/v1 --model smollm2 --concurrency 16 64
 
 It starts no server: ``--url`` must answer ``GET /models`` listing ``--model`` (the served name). For each
@@ -188,6 +188,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds a request may take (both paths)")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of each path (alternating order)")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each figure as it comes, also into a log file
     args.url = args.url.rstrip("/")
     if args.batches < 1 or args.repeats < 1 or min(args.concurrency) < 1:
         sys.exit("served_throughput: --batches, --repeats and --concurrency must be positive")
