@@ -116,6 +116,9 @@ class CompareConfig(Pi0Options, EvalOptions):
     span_weight: float = 0.1
     """+spans methods: lambda, a token in an error span weighs w - lambda * p (p: minor 1, major 5, critical 10;
     rwft train --span-weight). The plain methods train with lambda 0, so a pair differs only in the spans."""
+    push_down_limit: float = 0.2
+    """Weighted methods: how far a token with a negative weight is pushed below pi_0 (rwft train
+    --push-down-limit; inf: no bound, the paper's objective)."""
     qsft_beta: float = 4.0
     """qsft: the acting beta of pi_phi * exp(beta * p_theta) at evaluation. Its behaviour policy pi_phi is the
     sft cell of the same seed when sft is among the methods (the same SFT on the same data), else trained."""
@@ -198,7 +201,8 @@ def trainer_config(config: CompareConfig, method: str, seed: int, data: str, pi0
         extra = dict(qsft_beta=config.qsft_beta, behaviour_model=behaviour)
     span_weight = config.span_weight if split_method(method)[1] else 0.0
     return TrainConfig(objective=entry.name, group_by_length=config.group_by_length, gamma=config.gamma,
-                       span_weight=span_weight, **entry.settings, **extra, **common)
+                       span_weight=span_weight, push_down_limit=config.push_down_limit, **entry.settings, **extra,
+                       **common)
 
 
 def train_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str, cell: Path) -> str:
