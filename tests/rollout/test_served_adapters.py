@@ -87,11 +87,17 @@ def test_the_base_plays_as_the_served_name_without_loading(server, tmp_path):
     assert loads(server) == [] and {b["model"] for b in server.chats()} == {"pi0"}
 
 
-def test_a_base_the_server_does_not_serve_is_refused(monkeypatch, tmp_path):
-    monkeypatch.setattr(served_adapters, "check_server", lambda *a: {"id": "pi0", "root": "/models/other"})
-    with pytest.raises(RwftError, match="serves /models/other as --served-model pi0, not org/base"):
+def test_a_base_the_server_does_not_serve_is_refused_and_its_own_directory_is_the_base(monkeypatch, tmp_path):
+    base, other = tmp_path / "base", tmp_path / "other"
+    for d in (base, other):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+    monkeypatch.setattr(served_adapters, "check_server", lambda *a: {"id": "pi0", "root": str(base)})
+    with pytest.raises(RwftError, match=f"serves {base} as --served-model pi0, not org/base"):
         served_policy("org/base", "http://127.0.0.1:9/v1", "pi0")
-    assert served_policy("/models/other", "http://127.0.0.1:9/v1", "pi0").model == "pi0"
+    with pytest.raises(RwftError, match="a full model directory"):
+        served_policy(str(other), "http://127.0.0.1:9/v1", "pi0")
+    assert served_policy(str(base / "."), "http://127.0.0.1:9/v1", "pi0").model == "pi0"  # the same path
     assert served_policy("pi0", "http://127.0.0.1:9/v1", "pi0").model == "pi0"
 
 

@@ -7,10 +7,10 @@
   ``rwft-adapter-DIGEST`` (``adapter_name``: a digest of its weights, so the server's caches keyed by the name,
   vLLM's prefix cache, never mix two adapters, and the same weights always get the same name) and played by
   that name;
-- ``P`` the base model (``BASE`` itself, or a preset / hub id the server reports as the model it serves): played
-  as ``BASE`` (pi_0 of ``rwft compare``);
-- ``P`` a full model directory (a merged or fully fine-tuned run): refused, as vLLM cannot load full weights at run
-  time; scripted policies play locally as without a server.
+- ``P`` the base model (``BASE`` itself, or the preset / directory / hub id the server reports having loaded; a
+  server that does not say is trusted): played as ``BASE`` (pi_0 of ``rwft compare``);
+- ``P`` any other full model directory (a merged or fully fine-tuned run): refused, as vLLM cannot load full
+  weights at run time; scripted policies play locally as without a server.
 
 ``rwft iterate --generator-url`` names its synced adapters with the same digest (``recipes.served_generator``).
 """
@@ -84,26 +84,32 @@ def served_policy(spec: str, base_url: str, served_model: str, api_key_env: str 
         name = adapter_name(path)
         load_adapter(base_url, name, path, api_key_env)
         return OpenAIPolicy(base_url, name, api_key_env, max_new_tokens)
+    match = is_served_base(spec, served_model, entry)
+    if match:
+        return OpenAIPolicy(base_url, served_model, api_key_env, max_new_tokens)
     if path.is_dir():
         raise RwftError(f"--policy {spec}: a full model directory (no {ADAPTER_CONFIG}), and --generator-url "
                         f"{base_url} loads only LoRA adapters at run time (vLLM cannot load full weights while "
-                        "serving); train with --lora "
-                        "(unmerged), or serve this model itself and pass --policy http://... --api-model NAME")
-    check_base(spec, served_model, entry, base_url)
-    return OpenAIPolicy(base_url, served_model, api_key_env, max_new_tokens)
+                        "serving); train with --lora (unmerged), or serve this model itself and pass --policy "
+                        "http://... --api-model NAME")
+    if match is False:
+        raise RwftError(f"--policy {spec}: --generator-url {base_url} serves {entry['root']} as --served-model "
+                        f"{served_model}, not {spec}; serve {spec} there, or pass --policy {served_model}")
+    return OpenAIPolicy(base_url, served_model, api_key_env, max_new_tokens)  # the server does not say: trusted
 
 
-def check_base(spec: str, served_model: str, entry: dict[str, Any], base_url: str) -> None:
-    """Refuse a base ``spec`` (a preset or hub id) that is not the model the server serves as ``served_model``,
-    when the server says which it is (vLLM's model list gives its ``root``, the path or id it loaded)."""
+def is_served_base(spec: str, served_model: str, entry: dict[str, Any]) -> bool | None:
+    """Whether ``spec`` (a preset, directory or hub id) is the model the server serves as ``served_model``: its name,
+    or the path / id the server reports having loaded (vLLM's model list gives it as ``root``); None when the
+    server does not say."""
+    if spec == served_model:
+        return True
     root = entry.get("root")
-    if spec == served_model or not isinstance(root, str) or not root:
-        return
+    if not isinstance(root, str) or not root:
+        return None
     from rwft.presets import resolve_model
 
-    if root != spec and os.path.realpath(root) != os.path.realpath(resolve_model(spec)):
-        raise RwftError(f"--policy {spec}: --generator-url {base_url} serves {root} as --served-model "
-                        f"{served_model}, not {spec}; serve {spec} there, or pass --policy {served_model}")
+    return root == spec or os.path.realpath(root) == os.path.realpath(resolve_model(spec))
 
 
 def make_run_policy(config: Any, env: Any) -> Any:
