@@ -185,3 +185,14 @@ def test_semantic_similarity_offline():
     assert sims[0] > sims[1] + 0.3
     same = metrics.semantic_similarity(["A cat sat."], ["A cat sat."], emb)
     assert same[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_pass_hat_k_by_hand():
+    from rwft.eval.metrics import pass_hat_k
+
+    tasks = [[True, True, False, True], [False, False, False, False], [True, True, True, True], [True]]
+    # k = 1: success rates 3/4, 0, 1, 1; k = 2: C(3,2)/C(4,2) = 1/2, 0, 1 (the one-sample task left out)
+    assert pass_hat_k(tasks, 1) == pytest.approx((0.75 + 0 + 1 + 1) / 4)
+    assert pass_hat_k(tasks, 2) == pytest.approx((0.5 + 0 + 1) / 3)
+    assert pass_hat_k(tasks, 4) == pytest.approx((0 + 0 + 1) / 3)
+    assert math.isnan(pass_hat_k(tasks, 5))

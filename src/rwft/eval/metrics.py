@@ -237,3 +237,14 @@ def semantic_similarity(texts: Sequence[str], references: Sequence[str], embedde
     embedder = embedder or Embedder()
     a, b = embedder.encode(texts), embedder.encode(references)
     return [float(x) for x in (a * b).sum(-1)]
+
+
+def pass_hat_k(successes: Sequence[Sequence[bool]], k: int) -> float:
+    """tau-bench's pass^k: the chance that k samples of a task all succeed, estimated without bias from n >= k
+    samples of which c succeeded as C(c, k) / C(n, k), averaged over the tasks (those with fewer than k samples
+    are left out; NaN when none has k). pass^1 is the success rate; pass^k falls with k unless the policy is
+    consistent."""
+    from math import comb
+
+    rates = [comb(sum(map(bool, s)), k) / comb(len(s), k) for s in successes if len(s) >= k]
+    return sum(rates) / len(rates) if rates else float("nan")

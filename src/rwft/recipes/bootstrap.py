@@ -103,8 +103,11 @@ def scripted_policy(skill: str | float) -> str:
     return f"scripted:{value:g}"
 
 
-def reward_summary(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean reward, mean of each context's best reward, and the spread (std) over episodes."""
+def reward_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean reward, mean of each context's best reward, pass^k (``eval.metrics.pass_hat_k``, success = reward 1)
+    for k up to the samples per context, and the spread (std) over episodes."""
+    from rwft.eval.metrics import pass_hat_k
+
     rewards = [r["reward"] for r in records if r.get("reward") is not None]
     if not rewards:
         return {"episodes": 0}
@@ -116,6 +119,8 @@ def reward_summary(records: list[dict[str, Any]]) -> dict[str, float]:
         "episodes": len(rewards),
         "mean_reward": statistics.fmean(rewards),
         "best_of_m_reward": statistics.fmean(max(v) for v in groups.values()),
+        "pass_hat_k": {k: pass_hat_k([[x >= 1.0 for x in v] for v in groups.values()], k)  # success: reward 1
+                       for k in range(1, max(map(len, groups.values())) + 1)},
         "std_reward": statistics.pstdev(rewards),
         "min_reward": min(rewards),
         "max_reward": max(rewards),
@@ -172,5 +177,6 @@ def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
     if not config.quiet:
         print(f"rwft bootstrap: pi_0 = {train_dir}; {config.env}: mean reward "
               f"{p.get('mean_reward', float('nan')):.3f}, best-of-{config.best_of} "
-              f"{p.get('best_of_m_reward', float('nan')):.3f} over {p['episodes']} rollouts")
+              f"{p.get('best_of_m_reward', float('nan')):.3f}, pass^{config.best_of} "
+              f"{p.get('pass_hat_k', {}).get(config.best_of, float('nan')):.3f} over {p['episodes']} rollouts")
     return summary
