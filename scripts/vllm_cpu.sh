@@ -13,11 +13,12 @@
 # --no-enable-chunked-prefill: with chunked prefill, vLLM 0.32's CPU build rewinds a seeded request's generator
 # after a partial prefill and its worker dies on long prompts (`RuntimeError: CPU Generator does not use offset`,
 # seen on AmbigNQ open-book); whole prefills ran the same collections through (issue 18).
-# $VLLM_DTYPE (default bfloat16): try float32 on a CPU without bf16 instructions (no avx512_bf16 / AMX; on the
-# dev machine's AMD EPYC vLLM logs "Failed to create oneDNN linear, fallback to torch linear" in bf16). $VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (vLLM's default
-# 300, here 1800): without chunked prefill one step may prefill 8192 tokens, which took longer than 300 s on
+# $VLLM_DTYPE (default: bfloat16 where the CPU has bf16 instructions, avx512_bf16 or AMX, else float32: on the
+# dev machine's AMD EPYC without them vLLM falls back to torch linear in bf16 and float32 served ~2.5x faster).
+# $VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (vLLM's default 300, here 1800): without chunked prefill one step may prefill 8192 tokens, which took longer than 300 s on
 # the loaded 2-core machine in bf16 and vLLM then kills its engine (`RPC call to execute_model timed out`).
 set -euo pipefail
+if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then DTYPE=${VLLM_DTYPE:-bfloat16}; else DTYPE=${VLLM_DTYPE:-float32}; fi
 cd "$(dirname "$0")/.."
 VENV=${VLLM_VENV:-.venv-vllm}
 if [ ! -f "$VENV/.rwft-ready" ]; then  # written last: a half-done install is redone, and tests skip it
@@ -36,4 +37,4 @@ export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}
 export VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=${VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS:-1800}
 exec "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name "$NAME" \
-  --dtype "${VLLM_DTYPE:-bfloat16}" --enable-lora --max-lora-rank 16 --no-enable-chunked-prefill --host 127.0.0.1 --port "$PORT"
+  --dtype "$DTYPE" --enable-lora --max-lora-rank 16 --no-enable-chunked-prefill --host 127.0.0.1 --port "$PORT"
