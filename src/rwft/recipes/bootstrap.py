@@ -119,7 +119,7 @@ def reward_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "episodes": len(rewards),
         "mean_reward": statistics.fmean(rewards),
         "best_of_m_reward": statistics.fmean(max(v) for v in groups.values()),
-        "pass_hat_k": {k: pass_hat_k([[x >= 1.0 for x in v] for v in groups.values()], k)  # success: reward 1
+        "pass_hat_k": {str(k): pass_hat_k([[x >= 1.0 for x in v] for v in groups.values()], k)  # success: reward 1
                        for k in range(1, max(map(len, groups.values())) + 1)},
         "std_reward": statistics.pstdev(rewards),
         "min_reward": min(rewards),
@@ -178,5 +178,5 @@ def run_bootstrap(config: BootstrapConfig) -> dict[str, Any]:
         print(f"rwft bootstrap: pi_0 = {train_dir}; {config.env}: mean reward "
               f"{p.get('mean_reward', float('nan')):.3f}, best-of-{config.best_of} "
               f"{p.get('best_of_m_reward', float('nan')):.3f}, pass^{config.best_of} "
-              f"{p.get('pass_hat_k', {}).get(config.best_of, float('nan')):.3f} over {p['episodes']} rollouts")
+              f"{p.get('pass_hat_k', {}).get(str(config.best_of), float('nan')):.3f} over {p['episodes']} rollouts")
     return summary
