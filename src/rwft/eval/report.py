@@ -235,3 +235,29 @@ def write_report(
         images.append("training.png")
     files["html"].write_text(html_report(rows, metrics, results, images, title), encoding="utf-8")
     return files
+
+
+def plot_steps(steps_log: Path, path: Path) -> None:
+    """``rwft iterate``'s curves.png from its step log: reward per environment, entropy, response length, KL,
+    loss and the time split against the step."""
+    import json
+
+    plt = _plt()
+    rows = [json.loads(x) for x in steps_log.read_text().splitlines() if x.strip()]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    panels = [("reward", [k for k in rows[0] if k.startswith("reward")]), ("next-token entropy", ["entropy"]),
+              ("response tokens", ["response_tokens"]), ("KL to reference", ["kl"]), ("loss", ["loss"]),
+              ("seconds", ["generate_s", "train_s", "sync_s"])]
+    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
+        for k in keys:
+            ax.plot(steps, [r.get(k, float("nan")) for r in rows], label=k)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

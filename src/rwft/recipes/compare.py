@@ -50,7 +50,7 @@ from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, Objective
 from rwft.recipes.pi0_and_logs import EvalOptions, Pi0Options
-from rwft.recipes.spans_stage import check_span_methods, split_method
+from rwft.recipes.spans_stage import check_span_judge_inputs, check_span_methods, split_method
 
 # One row per method: "base" (pi_0 untrained) and every offline objective of the registry, by its row name.
 METHODS: dict[str, Objective | None] = {"base": None, **{o.row: o for o in OBJECTIVES.values() if o.offline}}
@@ -323,23 +323,6 @@ def check_inputs(config: CompareConfig) -> None:
                         "(the model name it serves)")
     if any(split_method(m)[1] for m in config.methods):
         check_span_judge_inputs(config)
-
-
-def check_span_judge_inputs(config: CompareConfig) -> None:
-    """The +spans methods' judge: known, with its model, and ``tod`` only on logs of --env tod."""
-    from rwft.presets import locate_model
-    from rwft.rollout.span_judges import check_span_judge
-
-    check_span_judge(config.span_judge, config.span_judge_model)
-    if config.span_judge == "tod" and not config.data and config.env != "tod":
-        raise RwftError(f"--span-judge tod: judges episodes of --env tod, not of --env {config.env} (use "
-                        "--span-judge rubric with --span-judge-model)")
-    url = config.span_judge_model.startswith(("http://", "https://"))
-    if config.span_judge == "rubric" and not url:
-        locate_model(config.span_judge_model)
-    elif config.span_judge == "rubric" and not config.span_api_model:
-        raise RwftError(f"--span-judge-model {config.span_judge_model}: an http(s):// judge needs "
-                        "--span-api-model (the model name it serves)")
 
 
 def run_compare(config: CompareConfig) -> dict[str, Any]:

@@ -233,20 +233,13 @@ def play(env, generator, judge, config: IterateConfig, tasks: list, step: int, s
 
 
 def add_spans(records: list[dict[str, Any]], spec: str) -> None:
-    """Write the span judge's error spans on each record's agent messages (those with some) and ``metadata.
-    span_judge``, as ``rwft label --spans`` does."""
+    """Label each record with the span judge's error spans, as ``rwft label --spans`` does (``with_spans``)."""
     from rwft.rollout.judges import JudgeItem
-    from rwft.rollout.span_judges import make_span_judge
+    from rwft.rollout.span_judges import make_span_judge, with_spans
 
     items = [JudgeItem(r["messages"], r["metadata"], f"episode {r['id']}") for r in records]
     for r, res in zip(records, make_span_judge(spec).judge(items), strict=True):
-        agents = [m for m in r["messages"] if m["role"] == "assistant"]
-        for m, spans in zip(agents, res.spans or [[]] * len(agents), strict=True):
-            if spans:
-                m["spans"] = spans
-        r["metadata"]["span_judge"] = spec
-        if res.failure:
-            r["metadata"]["span_failure"] = res.failure
+        r["messages"], r["metadata"] = with_spans(r["messages"], r["metadata"], res, spec)
 
 
 def check_processes(config: IterateConfig, processes: int) -> None:
@@ -375,34 +368,9 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
         with quiet_hf():
             learner.model.save_pretrained(out / "model")
             learner.tok.save_pretrained(out / "model")
+        from rwft.eval.report import plot_steps
+
         plot_steps(steps_log, out / "curves.png")
     acc.wait_for_everyone()  # every process returns with the run directory complete
     say(f"rwft iterate: wrote {out}")
     return {"steps": config.steps, "last": last, "output": str(out)}
-
-
-def plot_steps(steps_log: Path, path: Path) -> None:
-    """Reward per environment, entropy, response length, KL, loss and the time split against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(x) for x in steps_log.read_text().splitlines() if x.strip()]
-    if not rows:
-        return
-    steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    panels = [("reward", [k for k in rows[0] if k.startswith("reward")]), ("next-token entropy", ["entropy"]),
-              ("response tokens", ["response_tokens"]), ("KL to reference", ["kl"]), ("loss", ["loss"]),
-              ("seconds", ["generate_s", "train_s", "sync_s"])]
-    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
-        for k in keys:
-            ax.plot(steps, [r.get(k, float("nan")) for r in rows], label=k)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if len(keys) > 1:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -105,3 +105,20 @@ def pair_lines(results: list[dict[str, Any]], metric: str = "reward") -> list[st
             rows = summarize([r for r in results if r["method"] in (name, method)], [metric])
             lines += verdicts(rows, metric, ours=(method,))
     return lines
+
+
+def check_span_judge_inputs(config: Any) -> None:
+    """The +spans methods' judge: known, with its model, and ``tod`` only on logs of --env tod."""
+    from rwft.presets import locate_model
+    from rwft.rollout.span_judges import check_span_judge
+
+    check_span_judge(config.span_judge, config.span_judge_model)
+    if config.span_judge == "tod" and not config.data and config.env != "tod":
+        raise RwftError(f"--span-judge tod: judges episodes of --env tod, not of --env {config.env} (use "
+                        "--span-judge rubric with --span-judge-model)")
+    url = config.span_judge_model.startswith(("http://", "https://"))
+    if config.span_judge == "rubric" and not url:
+        locate_model(config.span_judge_model)
+    elif config.span_judge == "rubric" and not config.span_api_model:
+        raise RwftError(f"--span-judge-model {config.span_judge_model}: an http(s):// judge needs "
+                        "--span-api-model (the model name it serves)")

@@ -165,7 +165,7 @@ def _span_judge(config: LabelConfig):
 
 def label_spans(judge, batch: list[Conversation], config: LabelConfig) -> list[dict[str, Any]]:
     """The batch's records with the span judge's ``spans`` on their agent messages (see the module docstring)."""
-    from rwft.rollout.span_judges import SpanResult
+    from rwft.rollout.span_judges import SpanResult, with_spans
 
     def done(c: Conversation) -> bool:
         return config.only_missing and "span_judge" in c.metadata and c.metadata.get("span_failure") is None
@@ -179,13 +179,7 @@ def label_spans(judge, batch: list[Conversation], config: LabelConfig) -> list[d
         rec = c.to_record()
         res = results.get(id(c))
         if res is not None:
-            messages = [{k: v for k, v in m.items() if k != "spans"} for m in c.messages]
-            agents = [m for m in messages if m["role"] == config.agent_role]
-            for m, spans in zip(agents, res.spans or [[]] * len(agents), strict=True):
-                if spans:
-                    m["spans"] = spans
-            rec["messages"] = messages
-            rec["metadata"] = dict(c.metadata, span_judge=judge.spec, span_failure=res.failure)
+            rec["messages"], rec["metadata"] = with_spans(c.messages, c.metadata, res, judge.spec, config.agent_role)
         records.append(rec)
     return records
 

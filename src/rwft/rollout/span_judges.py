@@ -61,6 +61,19 @@ class SpanResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def with_spans(messages: list[dict[str, Any]], metadata: dict[str, Any], result: SpanResult, spec: str,
+               agent_role: str = "assistant") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Copies of a record's messages and metadata labelled by a span judge: each agent message gets the
+    ``spans`` the judge returned for it (old ones removed, none written where it found none), the metadata
+    ``span_judge`` (the judge's spec) and ``span_failure`` (why a reply could not be parsed, else None)."""
+    messages = [{k: v for k, v in m.items() if k != "spans"} for m in messages]
+    agents = [m for m in messages if m["role"] == agent_role]
+    for m, spans in zip(agents, result.spans or [[]] * len(agents), strict=True):
+        if spans:
+            m["spans"] = spans
+    return messages, dict(metadata, span_judge=spec, span_failure=result.failure)
+
+
 # ---------------------------------------------------------------------------- tod rules
 
 
