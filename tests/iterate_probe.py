@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 OBJECTIVES = {
-    "grpo": {"objective": "grpo", "temperature": 0.7},
+    "grpo": {"objective": "grpo", "temperature": 0.7},  # loss_type dapo: the whole batch's token count
+    "grpo-per-episode": {"objective": "grpo", "temperature": 0.7, "loss_type": "grpo"},
     "swift": {"objective": "swift", "length_normalization": "trajectory"},  # L_bar: the whole batch's mean
     "dpo": {"objective": "dpo"},
 }

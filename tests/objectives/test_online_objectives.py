@@ -160,3 +160,28 @@ def test_grpo_loss_with_spans_is_invariant_to_how_the_batch_is_split():
         (grad,) = torch.autograd.grad(total, logps)
         assert float(total.detach()) == pytest.approx(float(whole.detach()), rel=1e-6)
         assert torch.allclose(grad, whole_grad, atol=1e-7)
+    # dapo: each part's token sum over the whole batch's token count, summed over the parts
+    whole = grpo_loss(logps, old, ref, adv, mask, 0.05, loss_type="dapo")
+    (whole_grad,) = torch.autograd.grad(whole, logps)
+    n = float(mask.sum())
+    for parts in ([[0, 1, 2], [3, 4, 5]], [[0], [1, 2, 3, 4], [5]]):
+        total = sum(grpo_loss(logps[p], old[p], ref[p], adv[p], mask[p], 0.05, loss_type="dapo", tokens=n)
+                    for p in parts)
+        (grad,) = torch.autograd.grad(total, logps)
+        assert float(total.detach()) == pytest.approx(float(whole.detach()), rel=1e-6)
+        assert torch.allclose(grad, whole_grad, atol=1e-7)
+
+
+def test_dapo_weighs_every_token_alike_and_grpo_each_episode():
+    """A token both episodes share, A = +1 on the long one (4 tokens) and -1 on the short one (2): dapo's gradient
+    on it sums to 0, grpo's is -(1/4 - 1/2) / 2 > 0, a push down (the length bias)."""
+    logps = torch.zeros(2, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    adv = torch.tensor([1.0, -1.0])
+    (g_dapo,) = torch.autograd.grad(grpo_loss(logps, None, None, adv, mask, 0.0, loss_type="dapo"), logps)
+    assert g_dapo[0, 0] + g_dapo[1, 0] == pytest.approx(0.0)
+    assert g_dapo[0].tolist() == pytest.approx([-1 / 6] * 4)
+    (g_grpo,) = torch.autograd.grad(grpo_loss(logps, None, None, adv, mask, 0.0), logps)
+    assert float(g_grpo[0, 0] + g_grpo[1, 0]) == pytest.approx(-(1 / 4 - 1 / 2) / 2)
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logps, None, None, adv, mask, 0.0, loss_type="bnpo")

@@ -153,6 +153,7 @@ class _Accelerator:
     """What GRPOTrainer._compute_loss asks of accelerate on one process."""
 
     is_main_process = True
+    num_processes = 1
 
     def autocast(self):
         import contextlib
@@ -166,9 +167,9 @@ class _Accelerator:
         return x
 
 
-def _trl_grpo(kl_coef: float, epsilon: float):
+def _trl_grpo(kl_coef: float, epsilon: float, loss_type: str = "grpo"):
     """GRPOTrainer's own loss code (_compute_loss, _get_per_token_logps_and_entropies) on an object carrying only
-    the attributes they read: loss_type grpo, token-level ratio, one process, no accumulation."""
+    the attributes they read: token-level ratio, one process, no accumulation, one step per generation."""
     import types
     from collections import defaultdict
 
@@ -176,27 +177,29 @@ def _trl_grpo(kl_coef: float, epsilon: float):
 
     t = types.SimpleNamespace(
         accelerator=_Accelerator(), top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-        importance_sampling_level="token", beta=kl_coef, loss_type="grpo", epsilon_low=epsilon,
+        importance_sampling_level="token", beta=kl_coef, loss_type=loss_type, epsilon_low=epsilon,
         epsilon_high=epsilon, use_vllm=False, vllm_importance_sampling_correction=False,
         model=types.SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
         _entropy_bonus_enabled=False, aux_loss_enabled=False, args=types.SimpleNamespace(
-            use_bias_correction_kl=False, delta=None), _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
+            use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
     t._get_per_token_logps_and_entropies = types.MethodType(GRPOTrainer._get_per_token_logps_and_entropies, t)
     return t, GRPOTrainer._compute_loss
 
 
-def test_grpo_loss_and_gradient_equal_trls_grpo_trainer():
-    """One GRPO batch, its loss and gradient, by rwft and by TRL's GRPOTrainer code (loss_type grpo, beta = kl_coef,
-    epsilon 0.2, temperature 0.7) on the same tokens: the trainer has taken a step since the generator (pi_0)
-    sampled, so the ratio is not 1 and some tokens are clipped; the old log-probs TRL gets are the generator's and
-    the reference's, computed by TRL's own fused head at the temperature."""
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_grpo_loss_and_gradient_equal_trls_grpo_trainer(loss_type):
+    """One GRPO batch, its loss and gradient, by rwft and by TRL's GRPOTrainer code (loss_type grpo / dapo,
+    beta = kl_coef, epsilon 0.2, temperature 0.7) on the same tokens: the trainer has taken a step since the
+    generator (pi_0) sampled, so the ratio is not 1 and some tokens are clipped; the old log-probs TRL gets are the
+    generator's and the reference's, computed by TRL's own fused head at the temperature."""
     import copy
 
     from trl.trainer.utils import add_fused_lm_head
 
     kl_coef, epsilon, temp = 0.05, 0.2, 0.7
     learner = Learner(LearnerConfig(policy="tiny", objective="grpo", temperature=temp, kl_coef=kl_coef,
-                                    epsilon=epsilon, learning_rate=1e-2))
+                                    epsilon=epsilon, learning_rate=1e-2, loss_type=loss_type))
     learner.step(records(), random.Random(0), [None] * 9)  # the trainer moves; generator and reference stay pi_0
     msgs = [{"role": "user", "content": "Buy me a pet: cat or dog or frog."}]
     answers = ["Done: cat.", "Which one do you mean, the cat or the dog?", "Done: frog, the green one.", "Dog."]
@@ -219,9 +222,10 @@ def test_grpo_loss_and_gradient_equal_trls_grpo_trainer():
         completion_mask[i, :n] = 1
     rewards = torch.tensor([r["reward"] for r in batch_recs])
     advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-4)  # TRL's scale_rewards="group"
-    fake, compute_loss = _trl_grpo(kl_coef, epsilon)
+    fake, compute_loss = _trl_grpo(kl_coef, epsilon, loss_type)
     inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
-              "completion_mask": completion_mask, "advantages": advantages}
+              "completion_mask": completion_mask, "advantages": advantages,
+              "num_items_in_batch": completion_mask.sum()}
     ids, attn = torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), completion_mask], 1)
     for key, model in (("old_per_token_logps", learner.generator_model), ("ref_per_token_logps", learner.reference)):
         model = copy.deepcopy(model)
@@ -299,28 +303,39 @@ def span_batch():
     return recs
 
 
-def test_grpo_with_spans_by_hand_on_a_two_episode_batch():
-    """On policy (the generator is pi_0 = the trainer, ratio 1) with no KL, GRPO's loss is -mean_i sum_t A_it / n_i
-    whatever the model: with A_it = A_i - 0.1 * 5 on the k_i span tokens of episode i and A_0 = -A_1, it is
-    0.05 * sum_i 5 k_i / n_i, k_i and n_i counted from data.encode's penalties and labels; 0 without spans."""
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_grpo_with_spans_by_hand_on_a_two_episode_batch(loss_type):
+    """On policy (the generator is pi_0 = the trainer, ratio 1) with no KL, GRPO's loss is sum_i -sum_t A_it / n_i / 2
+    (grpo) or sum_i -sum_t A_it / (n_0 + n_1) (dapo) whatever the model, with A_it = A_i - 0.1 * 5 on the k_i span
+    tokens of episode i and A_0 = -A_1, k_i and n_i counted from data.encode's penalties and labels. Without spans
+    grpo's loss is 0 and dapo's -(A_0 n_0 + A_1 n_1) / (n_0 + n_1): the episodes' lengths differ."""
     from rwft.data.encode import encode_conversation
     from rwft.objectives.online import grpo_advantages
 
     recs = span_batch()
-    learner = Learner(LearnerConfig(policy="tiny", objective="grpo", kl_coef=0.0, max_length=2048))
+    opts = dict(policy="tiny", objective="grpo", kl_coef=0.0, max_length=2048, loss_type=loss_type)
+    learner = Learner(LearnerConfig(**opts))
     a = grpo_advantages([1.0, 0.0], ["g", "g"])
-    expect = 0.0
-    for r, a_i in zip(recs, a, strict=True):
+    counts = []
+    for r in recs:
         enc = encode_conversation(learner.tok, r["messages"], 2048, tools=r["tools"])
         trained = [t >= 0 for t in enc.turn_index]
         n, k = sum(trained), sum(p == 5.0 for p, on in zip(enc.token_penalty, trained, strict=True) if on)
         assert 0 < k < n
-        expect += -(a_i * n - 0.1 * 5.0 * k) / n / 2
+        counts.append((n, k))
+    (n0, k0), (n1, k1) = counts
+    assert n0 != n1
+    if loss_type == "grpo":
+        expect = sum(-(a_i * n - 0.1 * 5.0 * k) / n / 2 for a_i, (n, k) in zip(a, counts, strict=True))
+        plain_expect = 0.0
+    else:
+        expect = sum(-(a_i * n - 0.1 * 5.0 * k) for a_i, (n, k) in zip(a, counts, strict=True)) / (n0 + n1)
+        plain_expect = -(a[0] * n0 + a[1] * n1) / (n0 + n1)
     loss, out = learner.loss(recs, random.Random(0), [None, None])
-    assert float(loss.detach()) == pytest.approx(expect, abs=1e-6) and abs(expect) > 0.01
+    assert float(loss.detach()) == pytest.approx(expect, abs=1e-6) and abs(expect - plain_expect) > 0.01
     assert out["span_tokens"] > 0
-    plain = Learner(LearnerConfig(policy="tiny", objective="grpo", kl_coef=0.0, max_length=2048, span_weight=0.0))
-    assert float(plain.loss(recs, random.Random(0), [None, None])[0].detach()) == pytest.approx(0.0, abs=1e-6)
+    plain = Learner(LearnerConfig(**opts, span_weight=0.0))
+    assert float(plain.loss(recs, random.Random(0), [None, None])[0].detach()) == pytest.approx(plain_expect, abs=1e-6)
 
 
 @pytest.mark.parametrize("objective", ["grpo", "swift"])

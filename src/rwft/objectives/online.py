@@ -3,7 +3,7 @@ online preference pairs, the DPO and GRPO losses, and the per-token KL and entro
 nothing else of rwft.
 
 The losses follow TRL's trainers term for term (``DPOTrainer`` with ``loss_type="sigmoid"``, ``GRPOTrainer``
-with ``loss_type="grpo"``), whose versions live inside trainer methods and cannot be called on their own.
+with ``loss_type="grpo"`` or ``"dapo"``), whose versions live inside trainer methods and cannot be called on their own.
 """
 
 from __future__ import annotations
@@ -100,15 +100,20 @@ def per_token_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, kl_coef: float, epsilon: float = 0.2) -> torch.Tensor:
-    """TRL's GRPO loss (``loss_type="grpo"``, token-level ratio, ``epsilon_low = epsilon_high = epsilon``):
+              advantages: torch.Tensor, mask: torch.Tensor, kl_coef: float, epsilon: float = 0.2,
+              loss_type: str = "grpo", tokens: float | None = None) -> torch.Tensor:
+    """TRL's GRPO loss (token-level ratio, ``epsilon_low = epsilon_high = epsilon``), ``loss_type`` "grpo" or "dapo":
 
-        rho_it = exp(logp_it - old_it),   l_it = -min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps) A_i)
-        L = mean_i [ sum_t m_it * ( l_it + kl_coef * k3_it ) / sum_t m_it ]
+        rho_it = exp(logp_it - old_it),   l_it = -min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps) A_i) + kl_coef * k3_it
+        grpo:  L = mean_i [ sum_t m_it l_it / sum_t m_it ]
+        dapo:  L = sum_i sum_t m_it l_it / N,   N = ``tokens`` (the whole batch's agent tokens; default sum m_it)
 
-    ``old_logps``: the log-probabilities of the policy that sampled (None: the trainer's own, so rho = 1 and
-    only its gradient remains); k3 as ``per_token_kl``. ``logps``, ``old_logps``, ``ref_logps`` and ``mask``
-    are [B, T] over the sampled tokens, ``advantages`` [B], or [B, T] per token (A_it for A_i, ``span_advantages``)."""
+    "grpo" weighs each episode equally, so a token of a short episode counts more than one of a long episode: a
+    token every episode of a group shares gets sum_i A_i / |y_i|, not 0, and is pushed down when the failed
+    episodes are the short ones (TRL's docs: "not recommended due to length bias"). "dapo" (TRL's default) weighs
+    every token equally. ``old_logps``: the log-probabilities of the policy that sampled (None: the trainer's own,
+    so rho = 1 and only its gradient remains); k3 as ``per_token_kl``. ``logps``, ``old_logps``, ``ref_logps`` and
+    ``mask`` are [B, T] over the sampled tokens, ``advantages`` [B], or [B, T] per token (A_it, ``span_advantages``)."""
     mask = mask.to(logps.dtype)
     old = logps.detach() if old_logps is None else old_logps
     ratio = torch.exp(logps - old)
@@ -116,6 +121,10 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
     per_token = -torch.min(ratio * a, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * a)
     if kl_coef and ref_logps is not None:
         per_token = per_token + kl_coef * per_token_kl(logps, ref_logps)
+    if loss_type == "dapo":
+        return (per_token * mask).sum() / (mask.sum() if tokens is None else torch.tensor(tokens)).clamp(min=1.0)
+    if loss_type != "grpo":
+        raise ValueError(f"loss_type: expected grpo or dapo, got {loss_type!r}")
     return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
 
 

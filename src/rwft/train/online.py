@@ -15,7 +15,9 @@ online trainers). The objective's entry in ``objectives.registry`` says which lo
 - ``dpo``: one pair per prompt (``online_pairs``), TRL's sigmoid DPO loss on the summed log-probabilities
   of the agent's tokens of each whole episode (the environment's turns are context, never scored).
 - ``grpo``: group advantages (``grpo_advantages``) and TRL's GRPO loss (``grpo_loss``): the ratio to the
-  generator's log-probabilities (the old policy that sampled), clipped at 1 +- epsilon, and a k3 KL term.
+  generator's log-probabilities (the old policy that sampled), clipped at 1 +- epsilon, and a k3 KL term,
+  summed over the batch's agent tokens and divided by their number (``loss_type`` dapo, TRL's default) or
+  averaged per episode first (grpo).
 - an entry with ``weights`` (``swift``, ``refit``): ``weighted_nll`` with those weights of the fresh
   samples (scaled for ``length_normalization`` as ``rwft train`` does), divided by the agent tokens of the
   episodes whose weight is not 0.
@@ -44,7 +46,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -77,6 +79,10 @@ class LearnerConfig:
     """GRPO's KL coefficient to the reference (TRL's beta)."""
     epsilon: float = 0.2
     """GRPO's clipping: the ratio to the generator's probability is clipped to [1 - epsilon, 1 + epsilon]."""
+    loss_type: Literal["dapo", "grpo"] = "dapo"
+    """GRPO's aggregation over tokens (TRL's loss_type): dapo (TRL's default) weighs every agent token of the batch
+    equally; grpo averages each episode's tokens first, which pushes down the tokens a group's episodes share when its
+    failed episodes are the shorter ones (the collapse of iterate-tod at grpo, issue 17)."""
     scale_advantages: bool = True
     """GRPO: divide each advantage by its group's sample std (+ 1e-4), as TRL and Bridging do; false keeps
     r - group mean (Dr. GRPO)."""
@@ -351,9 +357,10 @@ class Learner:
             mine = adv[rows]
             if spans:  # per token, aligned with the label tokens (logps[:, t] scores ids[:, t + 1])
                 mine = online.span_advantages(mine, penalty[rows, 1:width], self.c.span_weight)
+            tokens = float((full["labels"][:, 1:] != -100).sum())  # the whole batch's, for dapo
             part = online.grpo_loss(logps, old_logps, ref_logps, mine.to(logps.device), mask, self.c.kl_coef,
-                                    self.c.epsilon)
-            loss = part * (len(rows) / len(records)) * procs
+                                    self.c.epsilon, self.c.loss_type, tokens)
+            loss = part * (1.0 if self.c.loss_type == "dapo" else len(rows) / len(records)) * procs
         else:
             raise RwftError(f"--objective {self.entry.name}: no online loss for it")
         return loss, out
