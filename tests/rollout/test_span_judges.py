@@ -55,7 +55,7 @@ def test_tod_rules_mark_wrong_offers_values_and_a_booking_without_the_party_size
         [("moon", "major"), ("expensive", "minor")],
         [('"meat"', "major")],
         [("[name]", "major")],
-        [("<tool_call>\n" + json.dumps({"name": "book", "arguments": {"name": "star"}}) + "\n</tool_call>", "major")],
+        [('"book"', "major")],  # booked before the party size was asked: the choice to book, not the call's format
         [],
     ]
     # the spans are what the data layer accepts
@@ -68,12 +68,13 @@ def test_tod_rules_mark_a_premature_confirmation_and_invalid_calls_critical():
         {"role": "assistant", "content": "Your table is booked."},
         {"role": "user", "content": "I do not know."},
         {"role": "assistant", "content": "", "tool_calls": [_call("c0", "search", {"people": 2}),
-                                                              _call("c1", "book", {"name": "star", "people": 4})]},
+                                                              _call("c1", "book", {"name": "star", "people": 4}),
+                                                              _call("c2", "order", {"name": "star"})]},
     ]
     [res] = make_span_judge("tod").judge([JudgeItem(messages, {"goal": GOAL, "db": DB}, "r")])
     first_block = span_text(messages[3]).split("\n<tool_call>")[0]
-    assert _marked(messages, res.spans) == [[("Your table is booked.", "critical")],
-                                            [(first_block, "critical"), ("4", "major")]]
+    assert _marked(messages, res.spans) == [[("booked", "critical")],
+                                            [(first_block, "critical"), ("4", "major"), ('"order"', "critical")]]
 
 
 def test_tod_rules_need_the_episode_metadata():

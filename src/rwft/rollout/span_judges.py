@@ -7,15 +7,19 @@ or a failure. ``data.encode`` turns the spans into token penalties.
 - ``tod``: rules over an episode of ``--env tod`` (its ``metadata.goal`` and ``metadata.db``), replaying
   the conversation to know what the user had said and what the tools had returned at each agent turn:
 
-  - critical: a call to an unknown tool, an argument the tool does not take or of the wrong type, arguments
-    that are not a JSON object (the whole call); a confirmation that the table is booked with no booking
-    made (the whole text);
+  - critical: a call to an unknown tool (its name); an argument the tool does not take or of the wrong type,
+    arguments that are not a JSON object (the whole call); a claim that the table is booked with no booking
+    made (the word ``booked``);
   - major: a ``book`` of a place that does not meet the goal (its name), of a party size other than the
-    goal's (its value), or with a party size the user had not given (the value, or the whole call when it
-    was left to the default); a search value that contradicts the goal (the value); an offer in the text of
-    a place that does not meet the goal (the name, or ``[name]`` when the last search's first place does
-    not meet it);
+    goal's (its value), or with a party size the user had not given (the value, or the tool's name ``book``
+    when it was left to the default: the choice to book before asking); a search value that contradicts the
+    goal (the value); an offer in the text of a place that does not meet the goal (the name, or ``[name]``
+    when the last search's first place does not meet it);
   - minor: a constraint value in the text that contradicts the goal (``cheap`` when the goal is expensive).
+
+  A span covers the fewest characters that carry the error: the tokens an erroneous call shares with right
+  calls (``<tool_call>``, ``{"name": ``, the argument keys) keep the episode's weight, so the penalty lands on
+  the decision that differs, not on the format every right call also needs.
 
 - ``rubric``: an LLM judge (``--judge-model``, local or http(s)://) gets the transcript with the agent turns
   numbered and must reply with exactly ``{"errors": [{"turn": N, "quote": "...", "severity": "minor" |
@@ -130,8 +134,9 @@ class TodRules:
     def _text(self, text: str, goal, db, first, booked) -> list[Span]:
         spans = []
         low = text.lower()
-        if re.search(r"\bbooked\b", low) and not booked:
-            spans.append(_span(0, len(text), "critical"))
+        claim = re.search(r"\bbooked\b", low)
+        if claim and not booked:
+            spans.append(_span(claim.start(), claim.end(), "critical"))
         for w in re.finditer(r"\[name\]|\w+", low):
             place = find(db, first if w.group() == PLACE else w.group())
             if place is not None and not meets(place, goal):
@@ -148,7 +153,9 @@ class TodRules:
         for call in calls:
             block = tool_calls_text([call])
             name, args = call["function"]["name"], _arguments(call)
-            if name not in SCHEMAS or not isinstance(args, dict) or check_arguments(SCHEMAS[name], args):
+            if name not in SCHEMAS:
+                spans.append(_span(*_value_span(at, block, "name", name), "critical"))
+            elif not isinstance(args, dict) or check_arguments(SCHEMAS[name], args):
                 spans.append(_span(at, at + len(block), "critical"))
             elif name == "search":
                 for slot, value in args.items():
@@ -160,7 +167,7 @@ class TodRules:
                     spans.append(_span(*_value_span(at, block, "name", args["name"]), "major"))
                 if "people" not in said or ("people" in args and args["people"] != goal["people"]):
                     where = _value_span(at, block, "people", args["people"]) if "people" in args else \
-                        (at, at + len(block))
+                        _value_span(at, block, "name", name)
                     spans.append(_span(*where, "major"))
             at += len(block) + 1
         return spans
