@@ -17,10 +17,12 @@ from rwft.rollout.http_policy import OpenAIPolicy, check_server, load_lora_adapt
 
 
 class Server:
-    """An OpenAI-compatible stub with vLLM's model list and LoRA endpoints; ``reply(body) -> text``."""
+    """An OpenAI-compatible stub with vLLM's model list and LoRA endpoints; ``reply(body) -> text``. A loaded adapter
+    is listed among the models until it is unloaded; ``unload_error`` (HTTP status, error body) fails every unload."""
 
     def __init__(self, reply, models=("pi0",)):
         self.reply, self.models = reply, list(models)
+        self.unload_error: tuple[int, dict] | None = None
         self.posts: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         stub = self
@@ -48,6 +50,10 @@ class Server:
                     stub.models.append(body["lora_name"])
                     return self._send({})
                 if self.path.endswith("/unload_lora_adapter"):
+                    if stub.unload_error:
+                        return self._send(stub.unload_error[1], stub.unload_error[0])
+                    if body["lora_name"] in stub.models:
+                        stub.models.remove(body["lora_name"])
                     return self._send({})
                 text = stub.reply(body)
                 if isinstance(text, tuple):  # (HTTP status, error body)
@@ -192,6 +198,26 @@ def test_a_hung_server_fails_by_the_deadline():
         release.set()
         server.close()
     assert time.monotonic() - t0 < 2.5  # 4 tries of 1 s each plus the backoff would take 7.5 s
+
+
+def test_iterates_served_generator_takes_the_request_timeout(tmp_path):
+    """rwft iterate --generator-url --request-timeout 0.5: the generator's requests have that deadline, and the error
+    says which option to raise."""
+    from rwft.recipes.iterate import IterateConfig
+    from rwft.recipes.served_generator import Served
+
+    release = threading.Event()
+    server = Server(lambda body: (release.wait(30), "late")[1])
+    config = IterateConfig(output=str(tmp_path), policy="tiny", lora=True, generator_url=server.url,
+                           served_model="pi0", request_timeout=0.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RwftError, match=r"no answer within 0.5 s .*a longer --request-timeout$"):
+            Served(config, tmp_path, None).policy.chat([{"role": "user", "content": "hi"}], 1.0, 0)
+    finally:
+        release.set()
+        server.close()
+    assert time.monotonic() - t0 < 2.0
 
 
 VLLM_VENV = Path(__file__).resolve().parents[2] / ".venv-vllm"

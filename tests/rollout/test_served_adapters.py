@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from test_http_policy import Server
 
-from rwft.cli import main
+from rwft.cli import main, parse_config
 from rwft.errors import RwftError
 from rwft.eval.evaluate import EvalConfig, run_eval
 from rwft.rollout import served_adapters
@@ -34,6 +37,11 @@ def guess(body: dict) -> str:
 
 def loads(server: Server) -> list[dict]:
     return [b for p, b in server.posts if p.endswith("/load_lora_adapter")]
+
+
+def lora_calls(server: Server) -> list[tuple[str, str]]:
+    """The server's load / unload calls in order, as (load or unload, adapter name)."""
+    return [(p.rsplit("/", 1)[1].split("_")[0], b["lora_name"]) for p, b in server.posts if p.endswith("_adapter")]
 
 
 @pytest.fixture
@@ -67,9 +75,117 @@ def test_the_name_follows_the_weights_not_the_directory(server, tmp_path):
     same = served_policy(str(adapter(tmp_path / "copy-of-a", b"one")), server.url, "pi0")
     other = served_policy(str(adapter(tmp_path / "b", b"two")), server.url, "pi0")
     assert a.model == same.model != other.model
-    assert [b["lora_name"] for b in loads(server)] == [a.model, a.model, other.model]
-    unloads = [b["lora_name"] for p, b in server.posts if p.endswith("/unload_lora_adapter")]
-    assert unloads == [a.model, a.model, other.model]  # a name loaded before is dropped first (vLLM refuses twice)
+    # a name not listed is dropped first (a server that does not list adapters; vLLM refuses a name twice); the same
+    # weights, listed already, are played without loading them again
+    assert lora_calls(server) == [("unload", a.model), ("load", a.model),
+                                  ("unload", other.model), ("load", other.model)]
+    assert (a.loaded_adapter, same.loaded_adapter, other.loaded_adapter) == (a.model, None, other.model)
+
+
+def test_an_evaluation_unloads_the_adapter_it_loaded_once_its_episodes_are_played(server, tmp_path):
+    run = adapter(tmp_path / "run", b"weights-a")
+    result = run_eval(eval_config(str(run), tmp_path / "eval", server.url))
+    name = served_adapters.adapter_name(run)
+    assert lora_calls(server) == [("unload", name), ("load", name), ("unload", name)]
+    last_chat = max(i for i, (p, _) in enumerate(server.posts) if p.endswith("/chat/completions"))
+    assert server.posts[-1][0].endswith("/unload_lora_adapter") and len(server.posts) - 1 > last_chat
+    assert result["episodes"] == 4 and server.models == ["pi0"]
+
+
+def test_a_collection_unloads_the_adapter_it_loaded(server, tmp_path):
+    run = adapter(tmp_path / "run", b"weights-a")
+    assert main(["collect", "--env", "clarify", "--env-args", *ENV_ARGS, "--policy", str(run), "--contexts", "2",
+                 "--samples-per-context", "1", "--out", str(tmp_path / "logs.jsonl"), "--generator-url", server.url,
+                 "--served-model", "pi0", "--progress", "false"]) == 0
+    name = served_adapters.adapter_name(run)
+    assert lora_calls(server) == [("unload", name), ("load", name), ("unload", name)] and server.models == ["pi0"]
+
+
+def test_an_adapter_the_server_already_lists_is_played_and_left_loaded(tmp_path):
+    """Another process evaluating the same weights loaded it: this one neither reloads nor unloads it."""
+    run = adapter(tmp_path / "run", b"weights-a")
+    name = served_adapters.adapter_name(run)
+    server = Server(guess, models=("pi0", name))
+    try:
+        result = run_eval(eval_config(str(run), tmp_path / "eval", server.url))
+    finally:
+        server.close()
+    assert lora_calls(server) == [] and server.models == ["pi0", name]
+    assert result["episodes"] == 4 and {b["model"] for b in server.chats()} == {name}
+
+
+@pytest.mark.parametrize("verb", ["eval", "collect"])
+def test_a_run_that_fails_still_unloads_its_adapter(verb, tmp_path):
+    """The server refuses every chat request (HTTP 400): the run fails with that error, and the adapter it loaded is
+    unloaded all the same."""
+    server = Server(lambda body: (400, {"message": "prompt too long"}), models=("pi0",))
+    run = adapter(tmp_path / "run", b"weights-a")
+    try:
+        with pytest.raises(RwftError, match="prompt too long"):
+            if verb == "eval":
+                run_eval(eval_config(str(run), tmp_path / "eval", server.url))
+            else:
+                from rwft.rollout.collect import CollectConfig, run_collect
+
+                run_collect(CollectConfig(env="clarify", env_args=ENV_ARGS, policy=str(run), contexts=2,
+                                          out=str(tmp_path / "logs.jsonl"), generator_url=server.url,
+                                          served_model="pi0", quiet=True))
+    finally:
+        server.close()
+    name = served_adapters.adapter_name(run)
+    assert lora_calls(server) == [("unload", name), ("load", name), ("unload", name)] and server.models == ["pi0"]
+
+
+def test_an_unload_that_fails_is_one_warning_and_the_evaluation_stands(server, tmp_path, caplog):
+    server.unload_error = (500, {"message": "engine busy"})
+    run = adapter(tmp_path / "run", b"weights-a")
+    with caplog.at_level(logging.WARNING, logger="rwft"):
+        result = run_eval(eval_config(str(run), tmp_path / "eval", server.url))
+    assert result["episodes"] == 4 and (tmp_path / "eval" / "metrics.json").exists()
+    name = served_adapters.adapter_name(run)
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert name in warning.getMessage() and "HTTP 500 engine busy" in warning.getMessage()
+
+
+@pytest.mark.parametrize("through", ["generator-url", "http-policy"])
+def test_the_request_timeout_bounds_each_request_and_its_error_names_the_option(through, tmp_path):
+    """--request-timeout 0.5: a server that answers in 2 s fails the evaluation after 0.5 s with an error saying to
+    raise --request-timeout; one that answers at once evaluates. Through --generator-url and an http(s):// --policy."""
+    gate = threading.Event()
+    slow = Server(lambda body: (gate.wait(2.0), guess(body))[1], models=("pi0",))
+    fast = Server(guess, models=("pi0",))
+
+    def config(url: str, out: Path) -> EvalConfig:
+        if through == "generator-url":
+            return eval_config("pi0", out, url, request_timeout=0.5)
+        return EvalConfig(policy=url, api_model="pi0", env="clarify", env_args=ENV_ARGS, output=str(out), episodes=4,
+                          seeds=[7], similarity=False, quiet=True, request_timeout=0.5)
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RwftError, match=r"no answer within 0.5 s .*a slow server may need a longer "
+                                            r"--request-timeout$"):
+            run_eval(config(slow.url, tmp_path / "slow"))
+        failed_after = time.monotonic() - t0
+        result = run_eval(config(fast.url, tmp_path / "fast"))
+    finally:
+        gate.set()
+        slow.close()
+        fast.close()
+    assert failed_after < 1.9 and result["episodes"] == 4
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf"])
+def test_every_served_verb_takes_request_timeout_and_refuses_one_not_positive(bad, tmp_path, capsys):
+    verbs = {"eval": ["--policy", "scripted", "--env", "clarify", "--output", str(tmp_path / "eval")],
+             "collect": ["--env", "clarify", "--out", str(tmp_path / "logs.jsonl")],
+             "compare": ["--output", str(tmp_path / "cmp")],
+             "iterate": ["--output", str(tmp_path / "it"), "--policy", "tiny"]}
+    for verb, args in verbs.items():
+        assert parse_config(verb, [*args, "--request-timeout", "300"]).request_timeout == 300.0
+        assert main([verb, *args, "--request-timeout", bad]) == 2, verb
+        assert f"--request-timeout {float(bad)}: expected a positive number of seconds" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
 def test_a_full_model_directory_with_a_url_is_refused_before_anything_is_written(server, tmp_path):

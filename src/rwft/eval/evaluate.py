@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from rwft.errors import RwftError
 from rwft.eval import metrics as M
 from rwft.rollout.judges import JudgeOptions
-from rwft.rollout.served_adapters import ServedOptions
+from rwft.rollout.served_adapters import ServedOptions, release_policy
 
 if TYPE_CHECKING:
     from rwft.rollout.collect import CollectConfig
@@ -120,7 +120,8 @@ def collect_config(config: EvalConfig, seed: int) -> CollectConfig:
         contexts=config.episodes, samples_per_context=1, temperatures=[config.temperature], seed=seed,
         env_args=list(config.env_args), batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
         progress=config.progress and not config.quiet, quiet=config.quiet, qsft_beta=config.qsft_beta,
-        generator_url=config.generator_url, served_model=config.served_model, **config.judge_options(),
+        generator_url=config.generator_url, served_model=config.served_model, request_timeout=config.request_timeout,
+        **config.judge_options(),
     )
 
 
@@ -137,7 +138,8 @@ def collect_seed(config: EvalConfig, seed: int, policy: Any = None, judge_backen
 
 def load_inputs(config: EvalConfig) -> tuple[Any, Any, Any]:
     """Check the options and load the policy, the rubric judge's model and the perplexity model, before anything
-    is written: ``(policy, judge_backend or None, (model, tokenizer) or None)``."""
+    is written: ``(policy, judge_backend or None, (model, tokenizer) or None)``. The policy loads last: an adapter
+    it loads into --generator-url is not left there by a model that fails to load (``release_policy`` after)."""
     from rwft.rollout.envs.base import make_env
     from rwft.rollout.served_adapters import make_run_policy
 
@@ -146,12 +148,12 @@ def load_inputs(config: EvalConfig) -> tuple[Any, Any, Any]:
     collect_config(config, config.seeds[0]).check()  # the options eval hands to rwft collect
     env = make_env(config.env, config.env_args)
     judge_backend = config.judge_backend()
-    policy = make_run_policy(config, env)  # an adapter is loaded into --generator-url here
     ppl = None
     if config.ppl_model:
         from rwft.presets import load_model, load_tokenizer
 
         ppl = (load_model(config.ppl_model).eval(), load_tokenizer(config.ppl_model))
+    policy = make_run_policy(config, env)  # an adapter is loaded into --generator-url here
     return policy, judge_backend, ppl
 
 
@@ -162,12 +164,15 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     policy, judge_backend, ppl = load_inputs(config)
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=config.episodes * len(config.seeds), desc=f"eval {config.env}", unit="ep",
-               disable=config.quiet or not config.progress)
-    with bar:
-        per_seed = {s: collect_seed(config, s, policy, judge_backend, bar) for s in config.seeds}
+    try:
+        out = Path(config.output)
+        out.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=config.episodes * len(config.seeds), desc=f"eval {config.env}", unit="ep",
+                   disable=config.quiet or not config.progress)
+        with bar:
+            per_seed = {s: collect_seed(config, s, policy, judge_backend, bar) for s in config.seeds}
+    finally:
+        release_policy(policy)  # every episode played (or a failure): an adapter it loaded is unloaded
     embedder = None
     if config.similarity and any("reference" in r.get("metadata", {}) for rs in per_seed.values() for r in rs):
         embedder = M.Embedder()

@@ -51,6 +51,7 @@ from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, Objective
 from rwft.recipes.pi0_and_logs import EvalOptions, Pi0Options
 from rwft.recipes.spans_stage import check_span_judge_inputs, check_span_methods, split_method
+from rwft.rollout.served_adapters import check_request_timeout
 
 # One row per method: "base" (pi_0 untrained) and every offline objective of the registry, by its row name.
 METHODS: dict[str, Objective | None] = {"base": None, **{o.row: o for o in OBJECTIVES.values() if o.offline}}
@@ -134,6 +135,10 @@ class CompareConfig(Pi0Options, EvalOptions):
     Perplexity under pi_0 stays in this process. Empty: everything runs in this process."""
     served_model: str = ""
     """With --generator-url: the name the server gives the base model --model (scripts/vllm_cpu.sh: smollm2)."""
+    request_timeout: float = 120.0
+    """With --generator-url: seconds one request to the server may take, its retries included (a long prompt's
+    prefill on a slow CPU server can need more). When it runs out the comparison stops with an error naming this
+    option; finished cells are kept, and a rerun resumes."""
     eval_env_args: list[str] = field(default_factory=list)
     """Extra environment options for evaluation only (e.g. split=test); appended to --env-args."""
     max_new_tokens: int = 48
@@ -165,6 +170,7 @@ class CompareConfig(Pi0Options, EvalOptions):
             raise RwftError("--seeds: give at least one seed")
         if self.quality_episodes < 1:
             raise RwftError(f"--quality-episodes {self.quality_episodes}: expected a positive integer")
+        check_request_timeout(self.request_timeout)
         need = [what for what, ok in (("--lora true", self.lora), ("--served-model", self.served_model),
                                       ("no --bootstrap-contexts", self.bootstrap_contexts <= 0),
                                       ("no qsft", "qsft" not in self.methods)) if not ok]
@@ -229,6 +235,7 @@ def eval_cell(config: CompareConfig, policy: str, seed: int, pi0: str, cell: Pat
         temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
         ppl_model=pi0 if config.perplexity else "", progress=config.progress, quiet=not config.progress,
         qsft_beta=config.qsft_beta, generator_url=config.generator_url, served_model=config.served_model,
+        request_timeout=config.request_timeout,
     ))
 
 

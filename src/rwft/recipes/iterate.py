@@ -46,13 +46,14 @@ from rwft.recipes.served_generator import Served
 from rwft.rollout.envs.base import Episode
 from rwft.rollout.hf_policy import HFPolicy
 from rwft.rollout.http_policy import mark_cut
+from rwft.rollout.served_adapters import check_request_timeout
 from rwft.train.online import LearnerConfig, share
 
 VERIFIABLE = {"mcqa": "reward", "twenty-questions": "correct"}
 """Environments whose episodes are right or wrong, and the field of a record that says how right (compared with
 --pairing-threshold by online DPO): mcqa's reward is 1 or 0; twenty-questions' reward counts the turns (never
 above 0 by default), its win is ``metadata.correct``."""
-NEUTRAL = ("progress", "quiet", "threads", "api_key_env")
+NEUTRAL = ("progress", "quiet", "threads", "api_key_env", "request_timeout")
 
 
 @dataclass(kw_only=True)
@@ -91,6 +92,10 @@ class IterateConfig(LearnerConfig):
     the adapter under OUTPUT/adapters/ and loads it there. Needs --lora (full-weight sync to a server is not done)."""
     served_model: str = ""
     """The name the server gives pi_0 (its --served-model-name)."""
+    request_timeout: float = 120.0
+    """With --generator-url: seconds one request to the server may take, its retries included (a long prompt's
+    prefill on a slow CPU server can need more). When it runs out the run stops with an error naming this option;
+    a rerun resumes from the last checkpoint."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the server's API key, if it wants one (the key is never written)."""
     threads: int = 0
@@ -137,6 +142,7 @@ class IterateConfig(LearnerConfig):
                             "(full-weight sync to a server is out of scope)")
         if self.generator_url and not self.served_model:
             raise RwftError("--generator-url: give --served-model, the name the server gives pi_0")
+        check_request_timeout(self.request_timeout)
         self.check_spans()
         if self.temperature <= 0 or self.learning_rate <= 0 or self.beta <= 0 or self.kl_coef < 0 or self.epsilon <= 0:
             raise RwftError("--temperature, --learning-rate, --beta, --epsilon: expected > 0; --kl-coef: >= 0")

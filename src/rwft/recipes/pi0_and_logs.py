@@ -76,7 +76,7 @@ def collect_logs(config: Any, pi0: str, out: Path) -> str:
                               seed=config.collect_seed, env_args=list(config.env_args),
                               max_new_tokens=config.max_new_tokens, progress=config.progress,
                               quiet=not config.progress, generator_url=config.generator_url,
-                              served_model=config.served_model))
+                              served_model=config.served_model, request_timeout=config.request_timeout))
     who = config.logs_policy or "pi_0"
     print(f"logs: {count_complete_lines(path)} episodes of {who} in {path} ({time.time() - t0:.0f} s)", flush=True)
     return str(path)

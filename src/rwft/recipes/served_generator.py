@@ -14,10 +14,11 @@ class Served:
 
     def __init__(self, config: Any, out: Path, learner) -> None:
         from rwft.rollout.http_policy import OpenAIPolicy
+        from rwft.rollout.served_adapters import TIMEOUT_OPTION
 
         self.config, self.out, self.learner = config, out, learner
         self.policy = OpenAIPolicy(config.generator_url, config.served_model, config.api_key_env,
-                                   config.max_new_tokens)
+                                   config.max_new_tokens, config.request_timeout, timeout_option=TIMEOUT_OPTION)
         self.tag = f"rwft-{stable_tag(out)}"
 
     def load(self, step: int) -> None:
@@ -42,10 +43,11 @@ class Served:
         else:
             os.replace(tmp, path)
         name, old = f"{self.tag}-{step}-{digest}", self.policy.model
-        load_adapter(self.config.generator_url, name, path, self.config.api_key_env)  # drops one left by a restart
+        load_adapter(self.config.generator_url, name, path, self.config.api_key_env,  # drops one left by a restart
+                     self.config.request_timeout)
         self.policy.model = name
         if old not in (self.config.served_model, name):
-            unload_lora_adapter(self.config.generator_url, old, self.config.api_key_env)
+            unload_lora_adapter(self.config.generator_url, old, self.config.api_key_env, self.config.request_timeout)
 
 
 def stable_tag(out: Path) -> str:

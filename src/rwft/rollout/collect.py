@@ -28,7 +28,7 @@ from rwft.errors import RwftError
 from rwft.rollout.envs.base import Environment, Episode, Task, make_env, options_dict
 from rwft.rollout.judges import Judge, JudgeItem, JudgeOptions
 from rwft.rollout.policies import turn_seed
-from rwft.rollout.served_adapters import ServedOptions, make_run_policy
+from rwft.rollout.served_adapters import ServedOptions, make_run_policy, release_policy
 
 MAX_TURNS = 200
 
@@ -83,6 +83,7 @@ class CollectConfig(OutputOptions, JudgeOptions, ServedOptions):
         if any(t < 0 for t in self.temperatures):
             raise RwftError(f"--temperatures {self.temperatures}: temperatures must be >= 0")
         self.check_judge()
+        self.check_served()
 
 
 def fingerprint(config: Any, skip: tuple[str, ...] = ("out", "overwrite", "progress", "quiet")) -> dict[str, Any]:
@@ -202,6 +203,7 @@ def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any
     if config.qsft_beta <= 0:
         del args["qsft_beta"]  # files collected before the option existed resume as they were
     del args["generator_url"]  # where the server listens, not what it plays: a restarted server resumes the file
+    del args["request_timeout"]  # how long to wait for it, likewise
     if not config.served_model:
         del args["served_model"]
     done = check_output(out, args, config.overwrite, "collect")
@@ -213,32 +215,37 @@ def run_collect(config: CollectConfig, *, policy: Any = None, judge_backend: Any
         elif not config.quiet:
             print(f"rwft collect: {out} already holds all {total} episodes", file=sys.stderr)
         return summary
-    if policy is None:
+    own = policy is None
+    if own:
         policy = make_run_policy(config, env)  # through --generator-url when given
-    judge = config.build_judge(config.seed, backend=judge_backend)
-    done = prepare_output(out, args, config.overwrite, "collect")  # the inputs loaded: now touch OUT
-    summary["resumed_from"] = done
-    temps_all = [config.temperatures[j % len(config.temperatures)] for _, j in order]
-    bs = config.batch_size
-    start_time = time.time()
-    own_bar = bar is None
-    if own_bar:
-        bar = tqdm(total=total, initial=done, desc=f"collect {env.name}", unit="ep",
-                   disable=config.quiet or not config.progress)
-    else:
-        bar.update(done)
-    with JsonlAppender(out) as writer:
-        for start in range((done // bs) * bs, total, bs):
-            idx = list(range(start, min(start + bs, total)))
-            samples = [order[k][1] for k in idx]
-            temps = [temps_all[k] for k in idx]
-            episodes = run_episodes(env, policy, [tasks[order[k][0]] for k in idx], samples, temps, config.seed)
-            records = episode_records(env, judge, policy.name, episodes, samples, temps, config.seed)
-            skip = max(0, done - start)
-            writer.write(records[skip:])
-            bar.update(len(records) - skip)
-    if own_bar:
-        bar.close()
+    try:
+        judge = config.build_judge(config.seed, backend=judge_backend)
+        done = prepare_output(out, args, config.overwrite, "collect")  # the inputs loaded: now touch OUT
+        summary["resumed_from"] = done
+        temps_all = [config.temperatures[j % len(config.temperatures)] for _, j in order]
+        bs = config.batch_size
+        start_time = time.time()
+        own_bar = bar is None
+        if own_bar:
+            bar = tqdm(total=total, initial=done, desc=f"collect {env.name}", unit="ep",
+                       disable=config.quiet or not config.progress)
+        else:
+            bar.update(done)
+        with JsonlAppender(out) as writer:
+            for start in range((done // bs) * bs, total, bs):
+                idx = list(range(start, min(start + bs, total)))
+                samples = [order[k][1] for k in idx]
+                temps = [temps_all[k] for k in idx]
+                episodes = run_episodes(env, policy, [tasks[order[k][0]] for k in idx], samples, temps, config.seed)
+                records = episode_records(env, judge, policy.name, episodes, samples, temps, config.seed)
+                skip = max(0, done - start)
+                writer.write(records[skip:])
+                bar.update(len(records) - skip)
+        if own_bar:
+            bar.close()
+    finally:
+        if own:
+            release_policy(policy)  # an adapter it loaded into --generator-url is unloaded, done or failed
     summary["seconds"] = time.time() - start_time
     summary["generated_tokens"] = getattr(policy, "generated_tokens", None)
     return summary

@@ -42,8 +42,10 @@ class OpenAIPolicy:
     """An OpenAI-compatible chat-completions endpoint; the key comes only from ``$api_key_env``."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 256,
-                 timeout: float = 120.0, retries: int = 3, workers: int = 8, max_in_flight: int = 256):
-        """``timeout``: the deadline of one request, all its tries together (a hung server fails after it)."""
+                 timeout: float = 120.0, retries: int = 3, workers: int = 8, max_in_flight: int = 256,
+                 timeout_option: str = ""):
+        """``timeout``: the deadline of one request, all its tries together (a hung server fails after it);
+        ``timeout_option``: the command-line option that sets it, named in that error."""
         if not model:
             raise RwftError(f"--policy {base_url}: an HTTP endpoint needs --api-model (the served model's name)")
         self.base_url = base_url.rstrip("/")
@@ -51,11 +53,13 @@ class OpenAIPolicy:
         self.api_key_env = api_key_env
         self.max_new_tokens = max_new_tokens
         self.timeout = timeout
+        self.timeout_option = timeout_option
         self.retries = retries
         self.workers = workers
         self.max_in_flight = max_in_flight
         self.name = f"{model}@{self.base_url}"
         self.generated_tokens = 0
+        self.loaded_adapter: str | None = None  # the LoRA adapter this process loaded for it (served_adapters)
 
     def chat(self, messages: list[dict[str, Any]], temperature: float, seed: int, max_tokens: int | None = None) -> str:
         """The reply to ``messages`` (see ``complete``)."""
@@ -101,7 +105,8 @@ class OpenAIPolicy:
             if attempt < self.retries:
                 time.sleep(max(0.0, min(8.0, 0.5 * 2**attempt, deadline - time.monotonic())))
         if time.monotonic() >= deadline:
-            raise RwftError(f"{url}: no answer within {self.timeout:g} s ({last or 'no reply'})")
+            more = f"; a slow server may need a longer {self.timeout_option}" if self.timeout_option else ""
+            raise RwftError(f"{url}: no answer within {self.timeout:g} s ({last or 'no reply'}){more}")
         raise RwftError(f"{url}: failed {self.retries + 1} times ({last})")
 
     def generate(self, conversations: list[list[dict[str, Any]]], temperatures: list[float], seeds: list[int],
@@ -216,6 +221,16 @@ def server_message(e: urllib.error.HTTPError) -> str:
 def check_server(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 10.0) -> dict[str, Any]:
     """Raise a one-line RwftError unless ``GET {base_url}/models`` answers and lists ``model``; return its entry."""
+    entries = model_list(base_url, api_key_env, timeout)
+    names = [m.get("id") for m in entries]
+    if model not in names:
+        raise RwftError(f"--generator-url {base_url}: serves {names}, not --served-model {model!r}")
+    return next(m for m in entries if m.get("id") == model)
+
+
+def model_list(base_url: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The entries of ``GET {base_url}/models`` (vLLM lists the LoRA adapters it has loaded there too); a one-line
+    RwftError when the server does not answer with a model list."""
     url = f"{base_url.rstrip('/')}/models"
     req = urllib.request.Request(url, headers=_headers(api_key_env))
     try:
@@ -227,17 +242,17 @@ def check_server(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
         raise RwftError(f"--generator-url {base_url}: unreachable ({getattr(e, 'reason', e)})") from None
     except ValueError:
         raise RwftError(f"--generator-url {base_url}: {url} is not an OpenAI-compatible model list") from None
-    names = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
-    if model not in names:
-        raise RwftError(f"--generator-url {base_url}: serves {names}, not --served-model {model!r}")
-    return next(m for m in data["data"] if isinstance(m, dict) and m.get("id") == model)
+    entries = data.get("data", []) if isinstance(data, dict) else []
+    return [m for m in entries if isinstance(m, dict)] if isinstance(entries, list) else []
 
 
-def load_lora_adapter(base_url: str, name: str, path: str, api_key_env: str = "OPENAI_API_KEY") -> None:
+def load_lora_adapter(base_url: str, name: str, path: str, api_key_env: str = "OPENAI_API_KEY",
+                      timeout: float = 120.0) -> None:
     """Ask the server to load the PEFT adapter saved in ``path`` under ``name`` (vLLM: ``POST /v1/load_lora_adapter``,
     served with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``)."""
     try:
-        _post(f"{base_url.rstrip('/')}/load_lora_adapter", {"lora_name": name, "lora_path": path}, api_key_env)
+        _post(f"{base_url.rstrip('/')}/load_lora_adapter", {"lora_name": name, "lora_path": path}, api_key_env,
+              timeout)
     except urllib.error.HTTPError as e:
         raise RwftError(f"--generator-url {base_url}: loading adapter {name} from {path} failed: HTTP {e.code} "
                         f"{server_message(e)}") from None
@@ -246,9 +261,14 @@ def load_lora_adapter(base_url: str, name: str, path: str, api_key_env: str = "O
                         f"({getattr(e, 'reason', e)})") from None
 
 
-def unload_lora_adapter(base_url: str, name: str, api_key_env: str = "OPENAI_API_KEY") -> None:
-    """Drop an adapter the server no longer needs (``POST /v1/unload_lora_adapter``); failures are ignored."""
+def unload_lora_adapter(base_url: str, name: str, api_key_env: str = "OPENAI_API_KEY",
+                        timeout: float = 120.0) -> str | None:
+    """Drop an adapter the server no longer needs (``POST /v1/unload_lora_adapter``); never raises: returns why it
+    failed, on one line (None when it did not)."""
     try:
-        _post(f"{base_url.rstrip('/')}/unload_lora_adapter", {"lora_name": name}, api_key_env)
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError):
-        pass
+        _post(f"{base_url.rstrip('/')}/unload_lora_adapter", {"lora_name": name}, api_key_env, timeout)
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code} {server_message(e)}"
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        return f"unreachable ({getattr(e, 'reason', e)})"
+    return None
