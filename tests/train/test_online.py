@@ -48,12 +48,18 @@ def test_sync_copies_trainer_into_generator_and_optionally_reference(objective):
     assert same(weights(learner.reference), weights(learner.model))
 
 
-@pytest.mark.parametrize(("objective", "spans"), [("swift", False), ("refit", False), ("swift", True)])
-def test_step_equals_rwft_train_on_the_same_batch(tmp_path, objective, spans):
+INF = float("inf")
+
+
+@pytest.mark.parametrize(("objective", "spans", "limit"), [("swift", False, INF), ("refit", False, INF),
+                                                           ("swift", True, INF), ("swift", False, 0.2)])
+def test_step_equals_rwft_train_on_the_same_batch(tmp_path, objective, spans, limit):
     """Two iterate steps on one batch (what S = never gives when every step sees the same samples) and `rwft train`
     two steps on that data as one batch: equal up to float summation order (the Trainer shuffles the rows and
-    uses fused AdamW); with error spans on some messages, both with --span-weight 0.1 (the same convention; rwft
-    train's bounded push-down, --push-down-limit, has no online counterpart and is off).
+    uses fused AdamW); with error spans on some messages, both with --span-weight 0.1 (the same convention); with
+    the bounded push-down, both with --push-down-limit 0.2 (rwft train's reference is pi_0's log-probs computed
+    before training, the learner's its fixed reference copy: the same numbers, found independently), and then the
+    second step differs from the unbounded one (the bound is exercised).
     Adam's first step is sign-like, lr * g / (|g| + eps): with eps = 1e-8 a gradient entry
     that is rounding noise around 0 moves its weight by +-lr in one run and -+lr in the other (measured: about
     5 of 100k entries per matrix), so the test uses eps = 1e-3, which keeps every real entry's step."""
@@ -65,7 +71,7 @@ def test_step_equals_rwft_train_on_the_same_batch(tmp_path, objective, spans):
     data.write_text("".join(json.dumps({k: r[k] for k in ("id", "context_id", "messages", "reward")}) + "\n"
                             for r in recs))
     cfg = TrainConfig(data=str(data), model="tiny", output_dir=str(tmp_path / "run"), objective=objective,
-                      span_weight=0.1, push_down_limit=float("inf"),
+                      span_weight=0.1, push_down_limit=limit,
                       max_steps=2, per_device_train_batch_size=len(recs), learning_rate=1e-2, report_to="none",
                       adam_epsilon=1e-3, lr_scheduler_type="constant",
                       disable_tqdm=True, group_by_length=False, save_steps=100, max_length=512)
@@ -73,15 +79,22 @@ def test_step_equals_rwft_train_on_the_same_batch(tmp_path, objective, spans):
     from rwft.presets import load_model
 
     trained = weights(load_model(str(tmp_path / "run")))
-    learner = Learner(LearnerConfig(policy="tiny", objective=objective, learning_rate=1e-2, adam_epsilon=1e-3))
-    pi0 = weights(learner.model)
-    for _ in range(2):
-        learner.step(recs, random.Random(0), [None] * len(recs))
-    mine = weights(learner.model)
+    def run(push_down_limit):
+        learner = Learner(LearnerConfig(policy="tiny", objective=objective, learning_rate=1e-2, adam_epsilon=1e-3,
+                                        push_down_limit=push_down_limit))
+        for _ in range(2):
+            learner.step(recs, random.Random(0), [None] * len(recs))
+        return weights(learner.model)
+
+    pi0 = weights(load_model("tiny"))
+    mine = run(limit)
     assert not same(mine, pi0)
     assert same(mine, trained, atol=1e-6)
     moved = max(float((mine[k] - pi0[k]).abs().max()) for k in mine)
     assert moved > 1e-3  # the tolerance is far below one step's change
+    if limit < float("inf"):
+        unbounded = run(float("inf"))
+        assert max(float((mine[k] - unbounded[k]).abs().max()) for k in mine) > 1e-4
 
 
 def test_dpo_step_equals_rwft_dpo_when_the_template_adds_nothing_after_a_turn(tmp_path):

@@ -20,7 +20,8 @@ online trainers). The objective's entry in ``objectives.registry`` says which lo
   averaged per episode first (grpo).
 - an entry with ``weights`` (``swift``, ``refit``): ``weighted_nll`` with those weights of the fresh
   samples (scaled for ``length_normalization`` as ``rwft train`` does), divided by the agent tokens of the
-  episodes whose weight is not 0.
+  episodes whose weight is not 0, a negative weight's push bounded at ``push_down_limit`` below the
+  reference's log-probability (``rwft train``'s bound, with the reference in pi_0's place).
 
 Several processes (``accelerate launch`` / torchrun): the Learner's ``accelerate.Accelerator`` places the three
 copies on its device (the CPU, gloo, where the machine has no accelerator) and wraps the trainer in DDP. Every
@@ -89,6 +90,10 @@ class LearnerConfig:
     length_normalization: LengthNormalization = "auto"
     """Swift / Refit: how an episode's length scales its weight, as rwft train's --length-normalization (sum,
     trajectory, turn, auto), with the step's batch as the data."""
+    push_down_limit: float = 0.2
+    """Swift / Refit: bounded push-down, as rwft train's --push-down-limit: a token with a negative weight stops being
+    pushed once the trainer gives it e^delta times less than the reference does (delta this value; inf: the paper's
+    unbounded objective)."""
     span_weight: float = 0.1
     """lambda of the error spans (--span-judge): a token in a span gets GRPO advantage A - lambda * p (Swift / Refit:
     weight w - lambda * p where w != 0), p its severity's penalty (minor 1, major 5, critical 10); 0 ignores spans.
@@ -115,6 +120,8 @@ class LearnerConfig:
             entry = get(self.objective, online=True)
         except ValueError as e:
             raise RwftError(f"--objective {self.objective!r}: {e}") from None
+        if not self.push_down_limit >= 0.0:
+            raise RwftError(f"--push-down-limit: expected a value >= 0 (inf: no limit), got {self.push_down_limit}")
         if not self.span_weight >= 0.0:
             raise RwftError(f"--span-weight: expected a value >= 0 (0 ignores spans), got {self.span_weight}")
         return entry
@@ -338,7 +345,8 @@ class Learner:
 
                 n = (lab[:, 1:] != -100).sum()
                 lab, weights = (x[rows, :width].to(self.accelerator.device) for x in (lab, weights))
-                loss = weighted_nll(logits / temp, lab, weights, n) * procs
+                ref = torch.nn.functional.pad(ref_logps, (1, 0))  # weighted_nll's alignment: position t scores t
+                loss = weighted_nll(logits / temp, lab, weights, n, ref, self.c.push_down_limit) * procs
         elif self.entry.name == "dpo":
             pairs, skipped = self.pairs(rewards, groups, verdicts, rng)
             out.update(pairs=len(pairs), skipped_groups=skipped)
