@@ -348,20 +348,31 @@ def test_experiment_runs_each_cell_once_and_writes_the_table(tmp_path, monkeypat
              "kl": 0.0}) + "\n" for s in range(1, 5)))
 
     monkeypatch.setattr(rwft.recipes.iterate, "run_iterate", fake_iterate)
-    monkeypatch.setattr(rwft.eval.evaluate, "run_eval", lambda cfg: {"metrics": {"reward": cfg.seeds[0] / 1000}})
-    cfg = SweepConfig(output=str(tmp_path), policy="pi0", methods=["off:dpo:never", "on:grpo:1:ref"],
-                                  seeds=[0, 1])
+    evaluated = []
+
+    def fake_eval(cfg):
+        evaluated.append((cfg.policy, cfg.seeds))
+        return {"metrics": {"reward": 0.5 if cfg.policy == "runs/pi0" else cfg.seeds[0] / 1000}}
+
+    monkeypatch.setattr(rwft.eval.evaluate, "run_eval", fake_eval)
+    cfg = SweepConfig(output=str(tmp_path), policy="runs/pi0", methods=["off:dpo:never", "on:grpo:1:ref"],
+                      seeds=[0, 1])
     table = run_experiment(cfg)
     assert seen == [("dpo", "never", False, 0), ("grpo", "1", True, 0), ("dpo", "never", False, 1),
                     ("grpo", "1", True, 1)]
     assert "| off | 2 | 1.000 ± " in table and "entropy_end" in table
+    # pi_0 itself, once per seed on that seed's evaluation tasks: the row every cell is measured against
+    assert [e for e in evaluated if e[0] == "runs/pi0"] == [("runs/pi0", [1000]), ("runs/pi0", [1001])]
+    assert "| pi0 | 2 | 0.500 ± " in table
     result = json.loads((tmp_path / "cells" / "on-s1" / "result.json").read_text())
     assert result["metrics"]["tokens_end"] == 14 and result["metrics"]["entropy_end"] == 0.25  # last quarter
     assert (tmp_path / "report" / "curves.png").exists()
     run_experiment(cfg)
-    assert len(seen) == 4  # finished cells are not rerun
+    assert len(seen) == 4 and len(evaluated) == 6  # finished cells, pi_0's too, are not rerun
     with pytest.raises(RwftError, match="NAME:OBJECTIVE:S"):
         SweepConfig(output=str(tmp_path), methods=["bad"]).cells()
+    with pytest.raises(RwftError, match="the name pi0 is the row of pi_0 itself"):
+        SweepConfig(output=str(tmp_path), methods=["pi0:grpo:1"]).cells()
     with pytest.raises(RwftError, match="--objective 'ppo'"):  # every cell checked before the first runs
         SweepConfig(output=str(tmp_path), methods=["on:grpo:1", "x:ppo:1"]).cells()
 

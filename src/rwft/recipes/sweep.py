@@ -4,8 +4,9 @@
 
 Every cell trains from the same pi_0 with the same number of optimizer steps and generated episodes
 (``steps x prompts_per_step x group_size``), then ``rwft eval`` plays ``eval_episodes`` fresh tasks of
-evaluation seed ``eval_seed + seed`` (the same tasks for every method at one seed). A cell is done when its
-``result.json`` exists (a rerun skips it; an interrupted ``rwft iterate`` resumes). Written to ``OUTPUT``:
+evaluation seed ``eval_seed + seed`` (the same tasks for every method at one seed); the ``pi0`` row is pi_0
+itself on those tasks. A cell is done when its ``result.json`` exists (a rerun skips it; an interrupted
+``rwft iterate`` resumes). Written to ``OUTPUT``:
 ``pi0/`` (bootstrapped as ``rwft compare`` does, unless ``policy`` names one), ``cells/NAME-sSEED/``,
 ``report/`` (table.md / table.csv with mean and 95% Student-t interval over seeds, report.html) and
 ``report/curves.png`` (the generator's next-token entropy, response length, training reward and KL per step,
@@ -51,6 +52,8 @@ class SweepConfig(IterateConfig, Pi0Options, EvalOptions):
             flags = parts[3:]
             if len(parts) < 3 or not set(flags) <= {"ref", "spans"} or len(set(flags)) != len(flags):
                 raise RwftError(f"methods: {spec!r}: expected NAME:OBJECTIVE:S, then :ref and / or :spans")
+            if parts[0] == "pi0":
+                raise RwftError(f"methods: {spec!r}: the name pi0 is the row of pi_0 itself; choose another")
             if "spans" in flags and not self.span_judge:
                 raise RwftError(f"methods: {spec!r}: a :spans cell needs --span-judge (tod)")
             out.append((parts[0], parts[1], parts[2], "ref" in flags, "spans" in flags))
@@ -72,9 +75,31 @@ class SweepConfig(IterateConfig, Pi0Options, EvalOptions):
                                    quiet=True)
 
 
+def evaluate(config: SweepConfig, policy: str, seed: int, output: Path) -> dict[str, Any]:
+    """``rwft eval`` of ``policy`` on seed ``seed``'s evaluation tasks (``eval_seed + seed``); its metrics, flat."""
+    from rwft.eval.evaluate import EvalConfig, flat, run_eval
+
+    ev = run_eval(EvalConfig(policy=policy, env=config.env[0], output=str(output), episodes=config.eval_episodes,
+                             seeds=[config.eval_seed + seed], env_args=list(config.env_args),
+                             temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens,
+                             similarity=False, progress=False, quiet=True))
+    return flat(ev["metrics"])
+
+
+def run_pi0_cell(config: SweepConfig, pi0: str, seed: int, out: Path) -> dict[str, Any]:
+    """The ``pi0`` row: pi_0 itself on the seed's evaluation tasks, the baseline every cell starts from."""
+    cell = out / "cells" / f"pi0-s{seed}"
+    done = cell / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    result = {"method": "pi0", "seed": seed, "metrics": evaluate(config, pi0, seed, cell / "eval"),
+              "train_time_s": 0.0}
+    write_text_atomic(done, json.dumps(result))
+    return result
+
+
 def run_cell(config: SweepConfig, pi0: str, name: str, objective: str, sync: str, ref: bool, spans: bool,
              seed: int, out: Path) -> dict[str, Any]:
-    from rwft.eval.evaluate import EvalConfig, flat, run_eval
     from rwft.recipes.iterate import run_iterate
 
     cell = out / "cells" / f"{name}-s{seed}"
@@ -84,13 +109,9 @@ def run_cell(config: SweepConfig, pi0: str, name: str, objective: str, sync: str
     t0 = time.perf_counter()
     run_iterate(config.cell(pi0, name, objective, sync, ref, spans, seed, out))
     train_s = time.perf_counter() - t0
-    ev = run_eval(EvalConfig(policy=str(cell / "run" / "model"), env=config.env[0], output=str(cell / "eval"),
-                             episodes=config.eval_episodes, seeds=[config.eval_seed + seed],
-                             env_args=list(config.env_args), temperature=config.eval_temperature,
-                             max_new_tokens=config.max_new_tokens, similarity=False, progress=False, quiet=True))
+    metrics = evaluate(config, str(cell / "run" / "model"), seed, cell / "eval")
     log = [json.loads(x) for x in (cell / "run" / "steps.jsonl").read_text().splitlines()]
     tail = log[-max(1, len(log) // 4):]
-    metrics = flat(ev["metrics"])
     for key, label in (("entropy", "entropy_end"), ("response_tokens", "tokens_end"), ("kl", "kl_end")):
         metrics[label] = sum(r[key] for r in tail) / len(tail)
     result = {"method": name, "seed": seed, "metrics": metrics, "train_time_s": train_s,
@@ -142,6 +163,9 @@ def run_experiment(config: SweepConfig) -> str:
         max_new_tokens=config.max_new_tokens, samples_per_context=config.group_size), out)
     results = []
     for seed in config.seeds:
+        resumed = (out / "cells" / f"pi0-s{seed}" / "result.json").exists()
+        results.append(run_pi0_cell(config, pi0, seed, out))
+        print(cell_line(results[-1], resumed), flush=True)
         for name, objective, sync, ref, spans in cells:
             resumed = (out / "cells" / f"{name}-s{seed}" / "result.json").exists()
             results.append(run_cell(config, pi0, name, objective, sync, ref, spans, seed, out))
