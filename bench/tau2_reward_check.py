@@ -26,11 +26,12 @@ OpenAI-format messages (the task's ``message_history`` included, the system mess
 ``ToolMessage`` (``id`` = ``tool_call_id``). Every tool call is first replayed on tau2's own environment
 (its initial state applied) and tau2's result compared with rwft's (as tau2's ``Environment.set_state`` does,
 JSON-parsed; ``tool results`` in the table); the trajectory carries tau2's result, so a differing error text
-cannot stop the evaluation. rwft's end becomes tau2's termination reason: ended by the user or a transfer:
-``USER_STOP`` (tau2's user answers a transfer with ``###TRANSFER###``), or ``TOO_MANY_ERRORS`` when tau2's
-results hold ``DEFAULT_MAX_ERRORS`` (10) errors; ``max_turns``: ``MAX_STEPS``; a malformed block:
-``AGENT_ERROR``. The reward is tau2's ``evaluate_simulation`` on that; the per-check values (DB, ENV_ASSERTION,
-ACTION, COMMUNICATE) come from the same call with ``USER_STOP``, so that they exist for a premature end too.
+cannot stop the evaluation. rwft's end becomes tau2's termination reason: ended by the user, a transfer or
+rwft's own limit of 10 tool errors (``too_many_errors``): ``TOO_MANY_ERRORS`` when tau2's results hold
+``DEFAULT_MAX_ERRORS`` (10) errors, else ``USER_STOP`` (tau2's user answers a transfer with ``###TRANSFER###``);
+``max_turns``: ``MAX_STEPS``; a malformed block: ``AGENT_ERROR``. The reward is tau2's ``evaluate_simulation``
+on that; the per-check values (DB, ENV_ASSERTION, ACTION, COMMUNICATE) come from the same call with
+``USER_STOP``, so that they exist for a premature end too.
 
 **The table**, per domain and agent: episodes; how many rwft and tau2 pay 1; exact reward matches; the mean
 absolute difference; for each check, how many episodes disagree (in the task's reward basis or not). Then per
@@ -135,22 +136,23 @@ def record(env: Any, ep: Any, policy: str, sample: int) -> dict[str, Any]:
 
 # Edge cases the scripted agents do not reach: (name, domain, task id, agent turns before the closing message
 # (a list of calls or a text), what it probes). Every other turn is the closing message (done + communicate_info).
+# Each once showed rwft and tau2 apart; rwft now runs calls as tau2 does, so all four should agree.
 _SUMMARY = "User wants all tasks deleted; no tool does that."
 PROBES: list[tuple[str, str, str, list[Any], str]] = [
     ("invalid-call-action", "mock", "impossible_task_1",
      [[{"name": "transfer_to_human_agents", "arguments": {"summary": _SUMMARY, "note": "urgent"}}]],
-     "ACTION: a call outside the schema (extra argument) that tau2 still counts as the expected action"),
-    ("refused-write", "mock", "impossible_task_1",
+     "ACTION: a call outside the schema (extra argument: an error result) still counts as the expected action"),
+    ("enum-write", "mock", "impossible_task_1",
      [[{"name": "update_task_status", "arguments": {"task_id": "task_1", "status": "done"}}],
       [{"name": "transfer_to_human_agents", "arguments": {"summary": _SUMMARY}}]],
-     "DB: a write whose argument breaks the schema's enum: rwft refuses it, tau2 runs it"),
+     "DB: a write whose argument breaks the schema's enum runs (tau2 checks no enum) and fails the DB check"),
     ("float-for-int", "airline", "27",
      [[{"name": "get_user_details", "arguments": {"user_id": "ethan_martin_2396"}},
        {"name": "send_certificate", "arguments": {"user_id": "ethan_martin_2396", "amount": 150.0}}]],
-     "DB: 150.0 for an integer argument: rwft refuses it, tau2 runs it (its model stores 150 and 150.0 alike)"),
+     "DB: 150.0 for an integer argument runs (tau2's Certificate model stores 150 and 150.0 alike)"),
     ("ten-errors", "retail", "1",
      [[{"name": "get_order_details", "arguments": {"order_id": f"#W000000{k}"}} for k in range(10)], "gold"],
-     "termination: 10 tool errors (tau2's max_errors ends the run, reward 0; rwft has no such limit)"),
+     "termination: 10 tool errors end the run before the gold actions (tau2's max_errors), reward 0"),
 ]
 
 
@@ -268,7 +270,7 @@ def tau2_evaluate(src: Path, dst: Path) -> None:
                 traj.append(ToolMessage(id=call.id, role="tool", content=mine.content, requestor="assistant",
                                         error=mine.error))
         end = rec["end"]
-        if end in ("user", "transfer"):
+        if end in ("user", "transfer", "too_many_errors"):
             reason = TerminationReason.TOO_MANY_ERRORS if errors >= DEFAULT_MAX_ERRORS else TerminationReason.USER_STOP
         else:
             reason = TerminationReason.MAX_STEPS if end == "max_turns" else TerminationReason.AGENT_ERROR

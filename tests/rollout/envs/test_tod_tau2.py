@@ -215,19 +215,102 @@ def test_malformed_and_invalid_calls_are_counted_not_raised():
     ep = env.start(task)
     env.step(ep, call("no_such_tool", x=1))
     assert ep.messages[-1]["content"] == "Error: Tool 'no_such_tool' not found." and not ep.done
-    env.step(ep, call("get_order_details", order_id=7))
-    assert ep.messages[-1]["content"] == "Error: order_id: expected string"
-    env.step(ep, call("get_order_details", order="#W1"))
-    assert "unknown ['order']" in ep.messages[-1]["content"] and "missing ['order_id']" in ep.messages[-1]["content"]
+    env.step(ep, call("get_order_details", order_id=7))  # breaks the schema, but runs (as in tau2)
+    assert ep.messages[-1]["content"] == "Error: Order not found"
+    env.step(ep, call("get_order_details", order="#W1"))  # tau2's Python call raises TypeError: same text
+    assert ep.messages[-1]["content"] == \
+        "Error: RetailTools.get_order_details() got an unexpected keyword argument 'order'"
+    env.step(ep, call("modify_user_address", user_id="u", city="c"))
+    assert ep.messages[-1]["content"] == "Error: RetailTools.modify_user_address() missing 5 required positional " \
+        "arguments: 'address1', 'address2', 'state', 'country', and 'zip'"
     env.step(ep, call("get_order_details", order_id="#W0000000"))
     assert ep.messages[-1]["content"] == "Error: Order not found"
     env.step(ep, call("calculate", expression="2 +* 3"))
     out = env.outcome(ep)
-    assert (out["invalid_calls"], out["tool_errors"], out["tool_calls"]) == (3, 2, 5) and not ep.done
+    assert (out["invalid_calls"], out["tool_errors"], out["tool_calls"]) == (4, 6, 6) and not ep.done
     env.step(ep, '<tool_call>\n{"name": "get_order_details", "arguments": {"order_id": "#W1"}\n')
     out = env.outcome(ep)
-    assert ep.done and out["end"] == "malformed" and out["invalid_calls"] == 4 and out["reward"] == 0.0
+    assert ep.done and out["end"] == "malformed" and out["invalid_calls"] == 5 and out["reward"] == 0.0
     assert "tool_calls" not in ep.messages[-1]
+
+
+def test_a_call_that_breaks_the_schema_still_counts_for_action():
+    env = env_of("mock")
+    ep = env.start(task_by_id(env, "impossible_task_1"))  # basis DB and ACTION: transfer with any summary
+    env.step(ep, call("transfer_to_human_agents", summary="wants all tasks deleted", note="urgent"))
+    result = ep.messages[-1]["content"]
+    assert not ep.done  # the transfer failed: the agent goes on
+    while not ep.done:
+        env.step(ep, "I cannot delete tasks.")
+    out = env.outcome(ep)
+    assert out["slot_credit"] == 1.0 and out["reward"] == 1.0  # tau2's ACTION reads every tool call
+    assert out["end"] == "user" and out["invalid_calls"] == out["tool_errors"] == 1
+    assert result == "Error: MockTools.transfer_to_human_agents() got an unexpected keyword argument 'note'"
+
+
+def test_a_write_outside_the_enum_runs_and_fails_the_db_check():
+    env = env_of("mock")
+    ep = env.start(task_by_id(env, "impossible_task_1"))  # nothing to write
+    env.step(ep, call("update_task_status", task_id="task_1", status="done"))  # tau2 writes it, unchecked
+    assert json.loads(ep.messages[-1]["content"])["status"] == "done"
+    assert ep.state["db"].get("tasks", "task_1")["status"] == "done"
+    env.step(ep, call("transfer_to_human_agents", summary="wants all tasks deleted"))
+    out = env.outcome(ep)
+    assert out["end"] == "transfer" and out["invalid_calls"] == 1 and out["tool_errors"] == 0 and out["acted"]
+    assert not out["db_match"] and out["slot_credit"] == 1.0 and out["reward"] == 0.0
+
+
+def test_a_float_for_an_integer_runs_and_is_stored_as_tau2s_model_stores_it():
+    env = env_of("airline")
+    task = task_by_id(env, "27")  # get_user_details, then send_certificate(amount=150)
+    ep = env.start(task)
+    env.step(ep, tool_calls_text([{"name": "get_user_details", "arguments": {"user_id": "ethan_martin_2396"}},
+                                  {"name": "send_certificate",
+                                   "arguments": {"user_id": "ethan_martin_2396", "amount": 150.0}}]))
+    assert ep.messages[-1]["content"] == \
+        "Certificate certificate_3221322 added to user ethan_martin_2396 with amount 150.0."
+    assert ep.state["db"].get("users", "ethan_martin_2396")["payment_methods"]["certificate_3221322"] == {
+        "source": "certificate", "id": "certificate_3221322", "amount": 150.0}  # Certificate.amount: float
+    while not ep.done:
+        env.step(ep, "Done: a certificate of $150 is on your account.")
+    out = env.outcome(ep)
+    assert out["invalid_calls"] == 1 and out["tool_errors"] == 0
+    assert out["db_match"] and out["slot_credit"] == 1.0 and out["reward"] == 1.0
+
+
+def test_where_tau2_builds_a_model_its_validation_converts_or_refuses_the_arguments():
+    db = Db(domain("retail")["db"])
+    user = next(iter(db.keys("users")))
+    address = {"address1": "1 Main St", "address2": "", "city": "X", "state": "CA", "country": "USA", "zip": 12345}
+    text, valid, error = run_tool("retail", db, "modify_user_address", {"user_id": user, **address})
+    assert not valid and error and "zip" in text and db.changes() == {}  # UserAddress.zip: str
+    db = Db(domain("airline")["db"])
+    res = next(r for r in db.values("reservations") if r["passengers"] and r.get("status") != "cancelled")
+    people = [dict(p, seat="12A") for p in res["passengers"]]
+    text, valid, error = run_tool("airline", db, "update_reservation_passengers",
+                                  {"reservation_id": res["reservation_id"], "passengers": people})
+    assert not valid and not error  # Passenger drops the field it does not have
+    assert db.get("reservations", res["reservation_id"])["passengers"] == res["passengers"]
+    text, valid, error = run_tool("airline", db, "update_reservation_passengers", {
+        "reservation_id": res["reservation_id"], "passengers": [dict(p, dob=19900101) for p in people]})
+    assert error and "dob" in text
+
+
+def test_ten_tool_errors_end_the_episode_with_reward_0():
+    env = env_of("retail")
+    task = task_by_id(env, "1")
+    actions = domain("retail")["tasks"]["1"]["evaluation_criteria"]["actions"]
+    ep = env.start(task)
+    bad = [{"name": "no_such_tool", "arguments": {}}, {"name": "get_order_details", "arguments": {"order": "#W1"}},
+           *[{"name": "get_order_details", "arguments": {"order_id": f"#W000000{k}"}} for k in range(7)]]
+    env.step(ep, tool_calls_text(bad))  # 9 errors, of every kind
+    assert not ep.done and env.outcome(ep)["tool_errors"] == 9
+    env.step(ep, tool_calls_text([{"name": a["name"], "arguments": a["arguments"]} for a in actions]))
+    assert not ep.done and env.outcome(ep)["db_match"]  # the gold actions ran without error
+    env.step(ep, call("get_order_details", order_id="#W0000009"))  # the tenth
+    out = env.outcome(ep)
+    assert ep.done and out["end"] == "too_many_errors" and out["tool_errors"] == 10
+    assert out["db_match"] and out["slot_credit"] == 1.0 and not out["stopped"] and out["reward"] == 0.0
 
 
 def test_a_turn_of_calls_is_stored_in_openai_format_and_history_is_not_trained():

@@ -10,11 +10,15 @@ the loaded database never changes. ``split=base`` is every task; retail and airl
 ``tools`` are the domain's JSON schemas. A task's ``initial_state`` is applied first (its
 ``initialization_data``, ``initialization_actions`` and the tool calls of its ``message_history``, whose
 messages open the conversation with ``weight: 0`` on the agent's); then the user's first turn. Tool calls
-are parsed, stored and counted as in the procedural source (``tod``: ``<tool_call>`` blocks; OpenAI's
-format in the record; a malformed block is one invalid call and ends the episode; an unknown tool or
-arguments that break its schema are one invalid call with an ``Error:`` result). A call that the tool
-refuses gets tau2's ``Error: <message>`` result (counted in ``tool_errors``). A turn that calls
-``transfer_to_human_agents`` ends the episode (tau2's user answers a transfer with ``###TRANSFER###``).
+are parsed and stored as in the procedural source (``tod``: ``<tool_call>`` blocks; OpenAI's format in the
+record; a malformed block is one invalid call and ends the episode). A call runs as tau2 runs it, the tool
+called with the arguments as written: an unknown tool, a missing required argument or one the tool does not
+take is an ``Error:`` result (Python's ``TypeError`` text, as tau2's call raises); arguments of the wrong type
+or outside an enum run (``tod_tau2_tools``); a call that the tool refuses gets tau2's ``Error: <message>``.
+``invalid_calls`` counts the calls that break the schema (run or not), ``tool_errors`` every error result; at
+10 errors (tau2's ``max_errors``, counted as its orchestrator does, after a turn of calls) the episode ends
+(``too_many_errors``). A turn whose ``transfer_to_human_agents`` call runs without error ends the episode
+(tau2's user answers a transfer with ``###TRANSFER###``).
 
 **The user.** Scripted (the default), from the task's structured fields: it opens with the reason for the
 call (tau2's second person turned to the first, roughly), and to each message of the agent says, by the
@@ -27,14 +31,15 @@ and the scenario as its system message, the conversation with the roles swapped 
 temperature 0; a reply with ``###STOP###``, ``###TRANSFER###`` or ``###OUT-OF-SCOPE###`` ends the episode.
 
 **Reward** (``reward=success``): tau2's product of the checks in the task's ``reward_basis`` (default DB and
-COMMUNICATE), and 0 unless the episode ended by the user or a transfer (not by ``max_turns`` nor a malformed
-call), as tau2 pays 0 for a premature end. DB: the final database equals the one the task's expected actions
-give when replayed on a fresh copy (tau2's gold environment); ENV_ASSERTION: the mock domain's
-assertions hold on the final database; ACTION: every expected action was called with the arguments in its
-``compare_args`` (all when absent); COMMUNICATE: every ``communicate_info`` string occurs in an agent
-message (lower case, commas removed). Not implemented: NL_ASSERTION (an LLM judge; no task of these three
-domains has it in its reward basis, and a task that had would be refused), the user-side database (telecom
-only), tau2's limit of 10 tool errors. ``reward=slots``: the share of the expected actions called
+COMMUNICATE), and 0 unless the episode ended by the user or a transfer (not by ``max_turns``, a malformed
+call nor too many errors), as tau2 pays 0 for a premature end. DB: the final database equals the one the
+task's expected actions give when replayed on a fresh copy (tau2's gold environment); ENV_ASSERTION: the mock
+domain's assertions hold on the final database; ACTION: every expected action was called with the arguments
+in its ``compare_args`` (all when absent), any well-formed call counting (the history's and those that broke
+the schema or failed included: tau2 reads every tool call of the conversation); COMMUNICATE: every
+``communicate_info`` string occurs in an agent message (lower case, commas removed). Not implemented:
+NL_ASSERTION (an LLM judge; no task of these three domains has it in its reward basis, and a task that had
+would be refused), the user-side database (telecom only). ``reward=slots``: the share of the expected actions called
 (``slot_credit``). Metrics: ``success``, ``inform`` (COMMUNICATE met), ``db_match``, ``slot_credit``, ``acted``
 (a write succeeded), ``stopped`` (ended by the user or a transfer), ``turns``, ``tool_calls``,
 ``invalid_calls``, ``tool_errors``; ``goal`` (domain, split, task id), ``db_hash`` and ``db_changes`` (the
@@ -58,7 +63,7 @@ from rwft.data.chat_template import tool_calls_text
 from rwft.errors import RwftError
 from rwft.rollout.envs.base import Environment, Episode, Task, pick, stable_int
 from rwft.rollout.envs.tod_domain import parse_tool_calls
-from rwft.rollout.envs.tod_tau2_data import Db, check_arguments, domain, licence, merge, user_guidelines
+from rwft.rollout.envs.tod_tau2_data import Db, call_error, check_arguments, domain, licence, merge, user_guidelines
 from rwft.rollout.envs.tod_tau2_tools import ASSERTIONS, MOCK, RETAIL
 
 AGENT = ("You are a customer service agent who helps the user according to the policy below. In each turn "
@@ -68,6 +73,7 @@ DONE = "Thank you, that is all. ###STOP###"
 YES = "Yes, please go ahead."
 LEAVE = "I have nothing more to add. ###STOP###"
 STOPS = ("###STOP###", "###TRANSFER###", "###OUT-OF-SCOPE###")
+MAX_ERRORS = 10  # tau2's DEFAULT_MAX_ERRORS: the orchestrator ends the simulation at this many tool errors
 CONFIRM = re.compile(r"\b(?:confirm|proceed|go ahead|shall I|should I|yes or no|is that (?:correct|right|ok))\b",
                      re.I)
 
@@ -79,19 +85,22 @@ def tools_of(name: str) -> dict[str, Any]:
 
 
 def run_tool(dom: str, db: Db, name: str, args: dict[str, Any]) -> tuple[str, bool, bool]:
-    """``(result text, valid, error)`` of one call on ``db``: an unknown tool or arguments outside its schema
-    is not valid; a refused call (tau2 turns any exception into an error message) is valid with an error."""
+    """``(result text, valid, error)`` of one call on ``db``, run as tau2's ``Environment.get_response`` runs it
+    (the tool function called with ``args`` as they are; any exception an error message): an unknown tool or
+    arguments that do not bind to its signature are an error, arguments of the wrong type or outside an enum
+    run. ``valid``: the arguments fit the tool's schema (rwft's ``invalid_calls``; tau2 does not check it)."""
     schemas = {s["function"]["name"]: s["function"]["parameters"] for s in domain(dom)["schemas"]}
     if name not in schemas:
         return f"Error: Tool '{name}' not found.", False, True
-    why = check_arguments(schemas[name], args)
+    valid = check_arguments(schemas[name], args) is None
+    why = call_error(dom, name, args)
     if why is not None:
-        return f"Error: {why}", False, True
+        return f"Error: {why}", valid, True
     try:
         result = tools_of(dom)[name](db, **args)
     except Exception as e:  # noqa: BLE001 (tau2 answers every failure of a tool with an error message)
-        return f"Error: {e}", True, True
-    return (result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)), True, False
+        return f"Error: {e}", valid, True
+    return (result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)), valid, False
 
 
 def prepare(dom: str, task: dict[str, Any]) -> tuple[Db, list[dict[str, Any]], str]:
@@ -187,8 +196,10 @@ class Tau2Env(Environment):
         data = domain(self.domain)
         system = f"<instructions>\n{AGENT}\n</instructions>\n<policy>\n{data['policy']}\n</policy>"
         messages = [{"role": "system", "content": system}, *[dict(m) for m in task.data["history"]]]
+        called = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+                  for m in messages for c in m.get("tool_calls") or []]  # the history's count for ACTION too
         state = {"db": Db(data["db"], task.data["init"]), "calls": 0, "invalid": 0, "errors": 0, "wrote": False,
-                 "called": [], "told": 0, "end": None}
+                 "called": called, "told": 0, "end": None}
         ep = Episode(task, messages, state=state, tools=data["schemas"])
         ep.messages.append({"role": "user", "content": self._user_turn(ep)})
         return ep
@@ -221,13 +232,14 @@ class Tau2Env(Environment):
                 "name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}})
             result, valid, error = run_tool(self.domain, s["db"], call["name"], call["arguments"])
             s["invalid"] += not valid
-            s["errors"] += valid and error
-            if valid:
-                s["called"].append({"name": call["name"], "arguments": call["arguments"]})
-                s["wrote"] |= kinds.get(call["name"]) == "write" and not error
+            s["errors"] += error
+            s["called"].append({"name": call["name"], "arguments": call["arguments"]})  # tau2's ACTION reads all
+            s["wrote"] |= kinds.get(call["name"]) == "write" and not error
             ep.messages.append({"role": "tool", "tool_call_id": cid, "name": call["name"], "content": result})
-            if valid and call["name"] == "transfer_to_human_agents":
+            if not error and call["name"] == "transfer_to_human_agents":
                 s["end"], ep.done = "transfer", True
+        if s["errors"] >= MAX_ERRORS:  # tau2 checks after the turn's results, before the user answers a transfer
+            s["end"], ep.done = "too_many_errors", True
 
     # ------------------------------------------------------------ the user
 
@@ -368,5 +380,5 @@ def _assertion(db: Db, assertion: dict[str, Any]) -> bool:
         return False
     try:
         return fn(db, **assertion.get("arguments", {})) == assertion.get("assert_value", True)
-    except Exception:  # noqa: BLE001 (tau2 counts an assertion that raises as not met)
+    except Exception:  # noqa: BLE001 (tau2's evaluate_simulation raises; its run then fails the task or scores it 0)
         return False

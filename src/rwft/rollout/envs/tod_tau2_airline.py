@@ -3,7 +3,9 @@
 They follow ``tau2/domains/airline/tools.py`` (MIT, Copyright (c) 2025 Sierra Research; Apache-2.0 for NVIDIA's
 changes) step for step: its fixed clock (2024-05-15T15:00:00), its new ids (reservations HATHAT, HATHAU,
 HATHAV; certificates 3221322 to 3221324), its prices (50 per non-free bag, 30 per passenger for insurance) and
-its quirks (a cancellation does not release seats). ``list_all_airports`` reads its list from that file.
+its quirks (a cancellation does not release seats), and its pydantic models where it builds one from the
+arguments (``FlightInfo``, ``Passenger``, ``Payment``, ``Reservation``, ``Certificate``: ``tod_tau2_models``).
+``list_all_airports`` reads its list from that file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 from typing import Any
 
 from rwft.rollout.envs.tod_tau2_data import Db, wheel_root
+from rwft.rollout.envs.tod_tau2_models import validate
 from rwft.rollout.envs.tod_tau2_tools import ToolError, _names, calculate, transfer_to_human_agents
 
 NOW = "2024-05-15T15:00:00"
@@ -60,10 +63,10 @@ def _search(db: Db, date: str, origin: str | None, destination: str | None,
             leave_after: str | None = None) -> list[dict[str, Any]]:
     out = []
     for f in db.values("flights"):
-        day = f["dates"].get(date)
         if ((origin is None or f["origin"] == origin) and (destination is None or f["destination"] == destination)
-                and day is not None and day["status"] == "available"
+                and date in f["dates"] and f["dates"][date]["status"] == "available"
                 and (leave_after is None or f["scheduled_departure_time_est"] >= leave_after)):
+            day = f["dates"][date]
             out.append({"flight_number": f["flight_number"], "origin": f["origin"], "destination": f["destination"],
                         "status": "available", "scheduled_departure_time_est": f["scheduled_departure_time_est"],
                         "scheduled_arrival_time_est": f["scheduled_arrival_time_est"], "date": None,
@@ -83,21 +86,31 @@ def _pay_update(db: Db, user_id: str, payment_id: str, total: float) -> dict[str
         raise ToolError("Gift card balance is not enough")
     if source == "gift_card":
         db.edit("users", user_id)["payment_methods"][payment_id]["amount"] -= total
-    return {"payment_id": payment_id, "amount": total} if total != 0 else None
+    return validate("airline", "Payment", {"payment_id": payment_id, "amount": total}) if total != 0 else None
+
+
+def _as_models(model: str, items: Any) -> Any:
+    """tau2's ``if all(isinstance(x, dict) for x in items): items = [Model(**x) for x in items]``."""
+    if all(isinstance(x, dict) for x in items):
+        return [validate("airline", model, x) for x in items]
+    return items
 
 
 def book_reservation(db: Db, user_id: str, origin: str, destination: str, flight_type: str, cabin: str,
                      flights: list[dict[str, Any]], passengers: list[dict[str, Any]],
                      payment_methods: list[dict[str, Any]], total_baggages: int, nonfree_baggages: int,
                      insurance: str) -> dict[str, Any]:
+    flights, passengers = _as_models("FlightInfo", flights), _as_models("Passenger", passengers)
+    payment_methods = _as_models("Payment", payment_methods)
     user = _user(db, user_id)
     rid = next((r for r in NEW_RESERVATIONS if not db.has("reservations", r)), None)
     if rid is None:
         raise ToolError("Too many reservations")
-    res = {"reservation_id": rid, "user_id": user_id, "origin": origin, "destination": destination,
-           "flight_type": flight_type, "cabin": cabin, "flights": [], "passengers": copy.deepcopy(passengers),
-           "payment_history": copy.deepcopy(payment_methods), "created_at": NOW, "total_baggages": total_baggages,
-           "nonfree_baggages": nonfree_baggages, "insurance": insurance}
+    res = validate("airline", "Reservation", {
+        "reservation_id": rid, "user_id": user_id, "origin": origin, "destination": destination,
+        "flight_type": flight_type, "cabin": cabin, "flights": [], "passengers": copy.deepcopy(passengers),
+        "payment_history": copy.deepcopy(payment_methods), "created_at": NOW, "total_baggages": total_baggages,
+        "nonfree_baggages": nonfree_baggages, "insurance": insurance})
     total, legs = 0, []
     for info in flights:
         flight = _flight(db, info["flight_number"])
@@ -180,7 +193,8 @@ def send_certificate(db: Db, user_id: str, amount: int) -> str:
     pid = next((f"certificate_{n}" for n in NEW_PAYMENTS if f"certificate_{n}" not in methods), None)
     if pid is None:
         raise ToolError("Too many certificates")
-    db.edit("users", user_id)["payment_methods"][pid] = {"source": "certificate", "id": pid, "amount": amount}
+    db.edit("users", user_id)["payment_methods"][pid] = validate(
+        "airline", "Certificate", {"id": pid, "amount": amount, "source": "certificate"})
     return f"Certificate {pid} added to user {user_id} with amount {amount}."
 
 
@@ -198,6 +212,7 @@ def update_reservation_baggages(db: Db, reservation_id: str, total_baggages: int
 
 def update_reservation_flights(db: Db, reservation_id: str, cabin: str, flights: list[dict[str, Any]],
                                payment_id: str) -> dict[str, Any]:
+    flights = _as_models("FlightInfo", flights)
     res = _reservation(db, reservation_id)
     _user(db, res["user_id"])
     people = len(res["passengers"])
@@ -224,6 +239,7 @@ def update_reservation_flights(db: Db, reservation_id: str, cabin: str, flights:
 
 
 def update_reservation_passengers(db: Db, reservation_id: str, passengers: list[dict[str, Any]]) -> dict[str, Any]:
+    passengers = _as_models("Passenger", passengers)
     if len(passengers) != len(_reservation(db, reservation_id)["passengers"]):
         raise ToolError("Number of passengers does not match")
     res = db.edit("reservations", reservation_id)

@@ -11,9 +11,10 @@ NVIDIA's packaging: Apache-2.0), which must be present (``licence``); each episo
 The tools' JSON schemas are built from the wheel's ``tau2/domains/<domain>/tools.py`` and ``data_model.py``
 as text (``ast``, nothing executed): every method decorated ``@is_tool``, its docstring's summary and
 ``Args:`` lines as descriptions, its annotations as JSON types (``Literal`` aliases as enums, pydantic
-classes such as ``FlightInfo`` as objects of their fields). Tools run against :class:`Db`, a copy-on-write
-view of the domain's database: a tool edits a copy of a record, so the loaded database never changes and an
-episode's copy costs nothing (the airline database is 7 MB).
+classes such as ``FlightInfo`` as objects of their fields). ``call_error`` gives the ``TypeError`` that
+Python raises when tau2 calls a tool with a missing or unknown argument. Tools run against :class:`Db`, a
+copy-on-write view of the domain's database: a tool edits a copy of a record, so the loaded database never
+changes and an episode's copy costs nothing (the airline database is 7 MB).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def _read_json(path: Path) -> Any:
 @functools.cache
 def domain(name: str) -> dict[str, Any]:
     """``{"db", "tasks" (id -> task), "splits" (name -> ids), "policy", "tools" (name -> tau2's kind: read /
-    write / generic), "schemas" (OpenAI tool schemas)}`` of a domain, loaded once per process."""
+    write / generic), "schemas" (OpenAI tool schemas), "toolkit" (the tools' class)}`` of a domain, loaded once
+    per process."""
     if name not in DOMAINS:
         raise RwftError(f"--env-args source=tau2-{name}: expected tau2-{', tau2-'.join(DOMAINS)}")
     base = data_path("domains", name)
@@ -102,9 +104,9 @@ def domain(name: str) -> dict[str, Any]:
         unknown = [i for i in ids if str(i) not in by_id]
         if unknown:
             raise RwftError(f"{base / 'split_tasks.json'} split {split!r}: unknown task ids {unknown[:3]}")
-    kinds, schemas = tool_schemas(name)
+    kinds, schemas, toolkit = tool_schemas(name)
     return {"db": _read_json(base / "db.json"), "tasks": by_id, "splits": splits, "tools": kinds,
-            "schemas": schemas, "policy": (base / "policy.md").read_text(encoding="utf-8")}
+            "schemas": schemas, "toolkit": toolkit, "policy": (base / "policy.md").read_text(encoding="utf-8")}
 
 
 def check_task(task: Any, where: str) -> None:
@@ -130,13 +132,15 @@ def user_guidelines() -> str:
 
 
 @functools.cache
-def tool_schemas(name: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """(tool name -> kind, OpenAI tool schemas) of a domain, parsed from the wheel's ``tools.py``."""
+def tool_schemas(name: str) -> tuple[dict[str, str], list[dict[str, Any]], str]:
+    """(tool name -> kind, OpenAI tool schemas, the class that holds the tools) of a domain, parsed from the
+    wheel's ``tools.py``."""
     src = wheel_root() / "tau2" / "domains" / name
     models = _models(ast.parse((src / "data_model.py").read_text(encoding="utf-8")))
     tree = ast.parse((src / "tools.py").read_text(encoding="utf-8"))
     kinds: dict[str, str] = {}
     schemas = []
+    toolkit = ""
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
         for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
             kind = next((ast.unparse(d).split("ToolType.")[-1].rstrip(")").lower()
@@ -145,9 +149,10 @@ def tool_schemas(name: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
                 continue
             kinds[fn.name] = kind
             schemas.append(_schema(fn, models))
+            toolkit = cls.name
     if not schemas:
         raise RwftError(f"{src / 'tools.py'}: no @is_tool methods found")
-    return kinds, schemas
+    return kinds, schemas, toolkit
 
 
 def _models(tree: ast.Module) -> dict[str, Any]:
@@ -217,6 +222,24 @@ def check_arguments(schema: dict[str, Any], args: dict[str, Any], where: str = "
         return next((e for k, v in args.items() if (e := check_arguments(props[k], v, f"{where}.{k}".lstrip(".")))),
                     None)
     return None
+
+
+def call_error(dom: str, name: str, args: dict[str, Any]) -> str | None:
+    """The ``TypeError`` text of calling tool ``name`` (a method of tau2's toolkit class, whose signature its
+    schema mirrors) with keyword arguments ``args``: the first argument it does not take, else the required
+    ones missing (Python's wording); None when the call binds."""
+    data = domain(dom)
+    params = next(s["function"]["parameters"] for s in data["schemas"] if s["function"]["name"] == name)
+    where = f"{data['toolkit']}.{name}()"
+    extra = next((k for k in args if k not in params["properties"]), None)
+    if extra is not None:
+        return f"{where} got an unexpected keyword argument '{extra}'"
+    missing = [f"'{k}'" for k in params["required"] if k not in args]
+    if not missing:
+        return None
+    names = missing[0] if len(missing) == 1 else " and ".join(missing) if len(missing) == 2 else \
+        ", ".join(missing[:-1]) + ", and " + missing[-1]
+    return f"{where} missing {len(missing)} required positional argument{'s' * (len(missing) > 1)}: {names}"
 
 
 # ---------------------------------------------------------------- the copy-on-write database

@@ -6,7 +6,11 @@ behaviour step for step on plain JSON records (the same checks in the same order
 writes, including tau2's quirks: ``modify_pending_order_items`` prices every new item at the last one's
 variant price; ``cancel_reservation`` does not release seats). Every tool of the three domains is here;
 :data:`ASSERTIONS` holds the mock domain's environment assertions. A tool raises :class:`ToolError` for what
-tau2's raises ``ValueError``; its result is then ``"Error: <message>"``.
+tau2's raises ``ValueError``; its result is then ``"Error: <message>"``. Like tau2's, they take their arguments
+as the agent wrote them (no schema check): where tau2 builds a pydantic model from them (``Task``,
+``UserAddress``, airline's ``Passenger``, ``Reservation``, ...), ``tod_tau2_models.validate`` converts or
+refuses them as pydantic does; elsewhere a value of the wrong type is used as it is (an invalid status is
+written) or fails as it fails in tau2's Python.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rwft.rollout.envs.tod_tau2_data import Db
+from rwft.rollout.envs.tod_tau2_models import validate
 
 
 class ToolError(Exception):
@@ -47,7 +52,8 @@ def transfer_to_human_agents(db: Db, summary: str) -> str:
 def create_task(db: Db, user_id: str, title: str, description: str | None = None) -> dict[str, Any]:
     _need(db, "users", user_id, f"User {user_id} not found")
     task_id = f"task_{len(db.keys('tasks')) + 1}"
-    task = {"task_id": task_id, "title": title, "description": description, "status": "pending"}
+    task = validate("mock", "Task", {"task_id": task_id, "title": title, "description": description,
+                                     "status": "pending"})
     db.put("tasks", task_id, task)
     db.edit("users", user_id)["tasks"].append(task_id)
     return task
@@ -197,7 +203,8 @@ def list_all_product_types(db: Db) -> str:
 
 
 def _address(**parts: str) -> dict[str, str]:
-    return {k: parts[k] for k in ("address1", "address2", "city", "state", "country", "zip")}
+    """tau2's ``UserAddress(...)`` of the call's arguments."""
+    return validate("retail", "UserAddress", parts)
 
 
 def modify_pending_order_address(db: Db, order_id: str, address1: str, address2: str, city: str, state: str,
