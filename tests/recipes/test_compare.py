@@ -59,6 +59,33 @@ def test_compare_is_resumable(fake_stages, tmp_path):
     assert result["train_log"] == [{"step": 1, "loss": 2.0}] and result["train_time_s"] >= 0
 
 
+def test_a_cell_whose_evaluation_failed_is_evaluated_again_not_retrained(fake_stages, monkeypatch, tmp_path):
+    """The run dies in refit's evaluation (a served generator's deadline, say): the rerun evaluates the model that
+    was trained, with the first training's cost, and trains nothing again."""
+    calls, data = fake_stages
+    cfg = compare.CompareConfig(output=str(tmp_path / "cmp"), data=str(data), methods=["base", "refit"], seeds=[0],
+                                perplexity=False)
+    evaluate = compare.eval_cell
+
+    def dying_eval(config, policy, seed, pi0, cell):
+        if cell.name == "refit-s0":
+            raise RwftError("no answer within 120 s")
+        return evaluate(config, policy, seed, pi0, cell)
+
+    monkeypatch.setattr(compare, "eval_cell", dying_eval)
+    with pytest.raises(RwftError, match="no answer"):
+        compare.run_compare(cfg)
+    cell = tmp_path / "cmp" / "cells" / "refit-s0"
+    assert calls["train"] == [("base", 0), ("refit", 0)] and not (cell / "result.json").exists()
+    first = json.loads((cell / "trained.json").read_text())
+    monkeypatch.setattr(compare, "eval_cell", evaluate)
+    compare.run_compare(cfg)
+    assert calls["train"] == [("base", 0), ("refit", 0)]  # nothing trained again
+    assert calls["eval"][-1] == str(cell / "model") and (cell / "model" / "train_log.jsonl").exists()
+    result = json.loads((cell / "result.json").read_text())
+    assert result["train_time_s"] == first["train_time_s"] and result["train_log"] == [{"step": 1, "loss": 1.0}]
+
+
 def test_unknown_method_is_a_user_error(tmp_path):
     with pytest.raises(RwftError, match="unknown"):
         compare.CompareConfig(output=str(tmp_path), methods=["ppo"])

@@ -10,7 +10,8 @@ per-turn labels in ``recipes.pi0_and_logs``):
 3. ``cells/METHOD-sSEED/``: each method trained from pi_0 on the same data with the same epochs, learning
    rate, batch size and length (Base: pi_0 untrained), then evaluated by ``rwft eval`` on fresh tasks drawn
    with evaluation seed ``eval_seed + SEED`` (the same tasks for every method at one seed). A cell is done
-   when its ``result.json`` exists; finished cells are never recomputed (resumable). A method that cannot
+   when its ``result.json`` exists; finished cells are never recomputed (resumable), and a cell whose training
+   finished (``trained.json``) but whose evaluation did not is only evaluated again. A method that cannot
    train on the data (no reward spread for swift, no pairs for DPO) records its error and shows ``-``.
 4. with ``--quality-judge``: ``cells/METHOD-sSEED/quality.jsonl``, the first ``--quality-episodes`` evaluation
    episodes graded by a rubric judge on the paper's six dimensions (``rwft.eval.quality``), added to the
@@ -247,19 +248,25 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
     done = cell / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    shutil.rmtree(cell / "model", ignore_errors=True)  # an interrupted training restarts clean
-    cell.mkdir(parents=True, exist_ok=True)
-    from rwft.recipes.cost import measure
+    trained = cell / "trained.json"  # training finished: a rerun after a failed evaluation evaluates that model
+    if trained.exists():
+        cost = json.loads(trained.read_text())
+        policy = cost.pop("policy")
+    else:
+        shutil.rmtree(cell / "model", ignore_errors=True)  # an interrupted training restarts clean
+        cell.mkdir(parents=True, exist_ok=True)
+        from rwft.recipes.cost import measure
 
-    try:
-        with measure() as cost:
-            policy = train_cell(config, method, seed, data, pi0, cell)
-    except RwftError as e:  # e.g. swift / dpo on logs without reward spread: recorded, not fatal
-        result = {"method": method, "seed": seed, "metrics": {}, "error": str(e)}
-        done.write_text(json.dumps(result))
-        return result
-    if method == "base":
-        cost.update(train_time_s=0.0, peak_memory_mb=0.0)
+        try:
+            with measure() as cost:
+                policy = train_cell(config, method, seed, data, pi0, cell)
+        except RwftError as e:  # e.g. swift / dpo on logs without reward spread: recorded, not fatal
+            result = {"method": method, "seed": seed, "metrics": {}, "error": str(e)}
+            done.write_text(json.dumps(result))
+            return result
+        if method == "base":
+            cost.update(train_time_s=0.0, peak_memory_mb=0.0)
+        write_text_atomic(trained, json.dumps({"policy": policy, **cost}))
     t_eval = time.perf_counter()
     ev = eval_cell(config, policy, seed, pi0, cell)
     cost["eval_time_s"] = time.perf_counter() - t_eval
