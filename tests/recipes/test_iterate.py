@@ -295,6 +295,9 @@ def test_served_generator_gets_each_synced_adapter(tmp_path):
                                                                  for b in loads]  # the step and the digest
     names = [b["model"] for b in server.chats()]
     assert len(names) == 16 and names[:8] == ["pi0"] * 8 and set(names[8:]) == {loads[0]["lora_name"]}
+    # each adapter is unloaded once it is replaced, and the last when the run is done: nothing is left on the server
+    unloads = [b["lora_name"] for p, b in server.posts if p.endswith("/unload_lora_adapter")]
+    assert unloads[-2:] == [b["lora_name"] for b in loads]
     rows = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
     assert rows[-1]["kl"] > 0  # the adapter trained
 

@@ -368,6 +368,8 @@ def run_iterate(config: IterateConfig) -> dict[str, Any]:
         bar.update(1)
         last = line
     bar.close()
+    if served is not None:
+        served.release()
     from rwft.presets import quiet_hf
 
     if main:
