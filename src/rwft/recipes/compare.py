@@ -51,6 +51,7 @@ from rwft.data.io import write_text_atomic
 from rwft.errors import RwftError
 from rwft.objectives.registry import OBJECTIVES, Objective
 from rwft.recipes.pi0_and_logs import EvalOptions, Pi0Options
+from rwft.recipes.quality_stage import add_quality
 from rwft.recipes.spans_stage import check_span_judge_inputs, check_span_methods, split_method
 from rwft.rollout.served_adapters import check_request_timeout
 
@@ -279,27 +280,6 @@ def run_cell(config: CompareConfig, method: str, seed: int, data: str, pi0: str,
               "train_log": train_log, "samples": samples[:2]}
     write_text_atomic(done, json.dumps(result))
     return result
-
-
-def add_quality(config: CompareConfig, result: dict[str, Any], out: Path, judge: dict[str, Any]) -> list:
-    """Add the judged means (``judge_overall`` ..., ``judge_failure``) of the cell's first --quality-episodes
-    evaluation episodes to its metrics and result.json; return the judged rows (none for a cell that could not
-    train). The judge loads into ``judge`` on first use; a cell is judged once (``quality.jsonl``)."""
-    from rwft.eval.quality import judge_file, quality_metrics
-
-    cell = out / "cells" / f"{result['method']}-s{result['seed']}"
-    episodes = cell / "eval" / f"episodes-s{config.eval_seed + result['seed']}.jsonl"
-    if "error" in result or not episodes.exists():
-        return []
-    t0 = time.perf_counter()
-    rows = judge_file(episodes, cell / "quality.jsonl", config.quality_episodes, config.quality_judge, judge,
-                      seed=config.collect_seed, api_model=config.quality_api_model)
-    metrics = quality_metrics(rows)
-    if any(result["metrics"].get(k) != v for k, v in metrics.items() if v == v):  # new or changed (NaN skipped)
-        result["metrics"].update(metrics)
-        result.setdefault("quality_time_s", time.perf_counter() - t0)
-        write_text_atomic(cell / "result.json", json.dumps(result))
-    return rows
 
 
 def cell_line(result: dict[str, Any], resumed: bool = False) -> str:
