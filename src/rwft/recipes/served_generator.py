@@ -53,18 +53,12 @@ class Served:
     def release(self) -> None:
         """Unload the last synced adapter when the run is done (a killed run leaves it: its resume loads it again);
         a failed unload is a warning, the finished run stands."""
-        import logging
+        from rwft.rollout.served_adapters import release_policy
 
-        from rwft.rollout.http_policy import unload_lora_adapter
-
-        if self.policy.model == self.config.served_model:
-            return
-        error = unload_lora_adapter(self.config.generator_url, self.policy.model, self.config.api_key_env,
-                                    self.config.request_timeout)
-        if error:
-            logging.getLogger("rwft").warning("could not unload adapter %s from %s: %s", self.policy.model,
-                                              self.config.generator_url, error)
-        self.policy.model = self.config.served_model
+        if self.policy.model != self.config.served_model:
+            self.policy.loaded_adapter = self.policy.model
+            release_policy(self.policy)
+            self.policy.model = self.config.served_model
 
 
 def stable_tag(out: Path) -> str:

@@ -83,7 +83,7 @@ class LearnerConfig:
     loss_type: Literal["dapo", "grpo"] = "dapo"
     """GRPO's aggregation over tokens (TRL's loss_type): dapo (TRL's default) weighs every agent token of the batch
     equally; grpo averages each episode's tokens first, which pushes down the tokens a group's episodes share when its
-    failed episodes are the shorter ones (the collapse of iterate-tod at grpo, issue 17)."""
+    failed episodes are the shorter ones (TRL: "not recommended due to length bias")."""
     scale_advantages: bool = True
     """GRPO: divide each advantage by its group's sample std (+ 1e-4), as TRL and Bridging do; false keeps
     r - group mean (Dr. GRPO)."""
