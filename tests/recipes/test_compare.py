@@ -187,8 +187,8 @@ def test_judged_quality_columns_once_per_cell_and_added_to_finished_cells(fake_s
     def eval_cell(config, policy, seed, pi0, cell):  # the fake evaluation, plus its episodes on disk
         (cell / "eval").mkdir(parents=True, exist_ok=True)
         good = cell.name.startswith("refit")
-        recs = [{"context_id": f"c{i}", "messages": [{"role": "user", "content": "Q?"},
-                                                      {"role": "assistant", "content": "The answer is A."}],
+        recs = [{"id": f"c{i}/0", "context_id": f"c{i}", "reward": float(good),
+                 "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "The answer is A."}],
                  "metadata": {"gold": "A", "correct": good or i == 0}} for i in range(4)]
         (cell / "eval" / f"episodes-s{config.eval_seed + seed}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in recs))
@@ -341,3 +341,21 @@ def test_span_options_are_checked_before_anything_is_written(tmp_path):
             compare.run_compare(compare.CompareConfig(output=str(out), methods=["base", "swift+spans"], seeds=[0],
                                                       bootstrap_contexts=4, **kw))
         assert not out.exists()
+
+
+def test_the_report_gives_each_method_paired_against_base(fake_stages, monkeypatch, tmp_path):
+    calls, data = fake_stages
+
+    def eval_cell(config, policy, seed, pi0, cell):  # two episodes a cell; refit wins the second
+        reward = 1.0 if cell.name.startswith("refit") else 0.0
+        rows = [{"id": "a/0", "reward": 0.0, "messages": []}, {"id": "b/0", "reward": reward, "messages": []}]
+        (cell / "eval").mkdir(parents=True, exist_ok=True)
+        (cell / "eval" / f"episodes-s{1000 + seed}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"metrics": {"reward": {"mean": reward / 2, "half": 0, "n": 1}}}
+
+    monkeypatch.setattr(compare, "eval_cell", eval_cell)
+    cfg = compare.CompareConfig(output=str(tmp_path / "cmp"), data=str(data), methods=["base", "sft", "refit"],
+                                seeds=[0, 1], perplexity=False)
+    table = open(compare.run_compare(cfg)["markdown"]).read()
+    assert "sft - base on reward, paired: +0.000 ± 0.000 over 4 evaluation episodes (4 word for word" in table
+    assert "refit - base on reward, paired: +0.500 ± " in table

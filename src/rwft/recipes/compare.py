@@ -321,6 +321,7 @@ def check_inputs(config: CompareConfig) -> None:
 
 def run_compare(config: CompareConfig) -> dict[str, Any]:
     """Run (or finish) the comparison; print one line per cell and the table; return the report's files."""
+    from rwft.eval.paired import paired_lines
     from rwft.eval.quality import episode_intervals
     from rwft.eval.report import write_report
     from rwft.recipes.pi0_and_logs import collect_logs, label_per_turn, make_pi0
@@ -357,7 +358,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
             "perplexity", *(f"judge_{k}" for k in KEYS), "judge_failure"]
     names = [k for k in keep if any(r["metrics"].get(k) for r in results)]  # present and not always 0
     title = f"rwft compare: {config.env} {' '.join(config.env_args)}"
-    notes = [*pair_lines(results), *span_notes]
+    notes = [*pair_lines(results), *span_notes, *paired_lines(out / "cells", config.methods, config.seeds)]
     summary = out / "pi0" / "bootstrap.json"
     if config.bootstrap_contexts > 0 and summary.exists():
         p = json.loads(summary.read_text())["pi0"]
