@@ -2,11 +2,9 @@
 episodes of the same training seed, task and sampling seed (``rwft compare`` evaluates every method of a seed on
 the same tasks with the same sampling seeds).
 
-Pairing removes the task-to-task spread that dominates a small evaluation: with 32 tasks a seed, the unpaired
-intervals of two methods overlap unless they differ by about 0.2, while the paired difference shows changes of a
-few points. Its interval is over evaluation episodes of these trained models (sampling noise), not over
-training seeds: the table's interval over seeds is the one that says whether a method beats another across
-training runs.
+Pairing removes the task-to-task spread that dominates a small evaluation. Its interval is over evaluation
+episodes of these trained models (sampling noise), not over training seeds: the table's interval over seeds is
+the one that says whether a method beats another across training runs.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rwft.data.io import read_records
 from rwft.eval.metrics import mean_ci
 
 
@@ -24,10 +23,8 @@ def cell_episodes(cell: Path, metric: str = "reward") -> dict[tuple[str, str], t
     a ``rwft compare`` cell (``CELL/eval/episodes-*.jsonl``); empty when the cell has none."""
     out = {}
     for path in sorted((cell / "eval").glob("episodes-*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                out[(path.name, record["id"])] = (float(record[metric]), json.dumps(record["messages"]))
+        for _, record in read_records(path):
+            out[(path.name, record["id"])] = (float(record[metric]), json.dumps(record["messages"]))
     return out
 
 
